@@ -1,0 +1,1 @@
+"""Heimdall Serve: localize radio transmitters from WebSDR IQ captures."""
