@@ -1,0 +1,48 @@
+"""Runtime settings: one typed object, environment prefix HEIMDALL_, validated at start-up."""
+
+from __future__ import annotations
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="HEIMDALL_", extra="forbid")
+
+    model_tag: str = Field("heimdall-localizer:latest", description="BentoML model store tag (name:version)")
+    redis_url: SecretStr | None = Field(
+        None, description="redis://[:password@]host:port/db or rediss:// for TLS; unset = in-process cache"
+    )
+    cache_ttl_s: int = Field(3600, ge=1, le=30 * 86400, description="cache entry lifetime, seconds")
+    cache_timeout_ms: float = Field(
+        50.0, gt=0, le=5000, description="longest a request waits on Redis before serving uncached"
+    )
+    cache_retry_s: float = Field(5.0, gt=0, le=600, description="pause before Redis is tried again after a fault")
+    local_cache_entries: int = Field(10_000, ge=0, le=10_000_000, description="in-process cache size, entries")
+    max_batch_size: int = Field(64, ge=1, le=1024, description="adaptive batcher: most rows in one ONNX run")
+    max_latency_ms: int = Field(50, ge=1, le=60_000, description="adaptive batcher: latency budget, ms")
+    onnx_threads: int = Field(1, ge=1, le=64, description="onnxruntime intra-op threads per worker")
+    workers: int = Field(2, ge=1, le=64, description="BentoML worker processes")
+    max_body_bytes: int = Field(
+        16 * 1024 * 1024, ge=1024, le=1024**3, description="largest request body, bytes, refused before parsing"
+    )
+    max_samples: int = Field(65_536, ge=256, description="most IQ samples per receiver")
+    max_batch_items: int = Field(100, ge=1, le=10_000, description="most capture sets in one batch request")
+    confidence_radius_m: float = Field(
+        10_000.0, gt=0, description="`confidence` is the probability the transmitter is within this radius"
+    )
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_scheme(cls, v: SecretStr | None) -> SecretStr | None:
+        if v is not None and not v.get_secret_value().startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("expected redis://host:port/db, rediss://host:port/db (TLS) or unix:///path")
+        return v
+
+    @field_validator("model_tag")
+    @classmethod
+    def _tag(cls, v: str) -> str:
+        name, _, version = v.partition(":")
+        if not name or (":" in v and not version):
+            raise ValueError(f"expected NAME or NAME:VERSION (e.g. heimdall-localizer:latest), got {v!r}")
+        return v
