@@ -1,0 +1,126 @@
+"""HTTP pieces BentoML's @api routes do not cover: GET model info, an octet-stream
+predict route, and a body-size limit enforced before anything parses the body."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from pydantic import TypeAdapter, ValidationError
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from heimdall.errors import InputError
+from heimdall.schemas import ConfidenceLevel, Encoding
+
+if TYPE_CHECKING:
+    from heimdall.localizer import Localizer
+
+_level = TypeAdapter(ConfidenceLevel)
+_encoding = TypeAdapter(Encoding)
+
+
+def _query(request: Request, name: str, adapter: TypeAdapter, default: Any, expected: str) -> Any:
+    raw = request.query_params.get(name)
+    if raw is None:
+        return default
+    try:
+        return adapter.validate_strings(raw)
+    except ValidationError as exc:
+        raise InputError(name, raw, expected, f"bad_{name}") from exc
+
+
+def error_response(exc: InputError) -> JSONResponse:
+    body = {"error": str(exc), "field": exc.field, "received": exc.received, "expected": exc.expected}
+    return JSONResponse(body, status_code=400)
+
+
+def ops_app(localizer: Callable[[], Localizer]) -> Starlette:
+    """Routes mounted under /v1. `localizer` returns the worker's live Localizer."""
+
+    async def model_info(_: Request) -> JSONResponse:
+        return JSONResponse({**localizer().info(), "worker_pid": os.getpid()})
+
+    async def predict_octets(request: Request) -> JSONResponse:
+        try:
+            stations = [s for s in request.query_params.get("stations", "").split(",") if s]
+            encoding = _query(request, "encoding", _encoding, "int16", "int16 or complex64")
+            level = _query(request, "confidence_level", _level, 0.95, "a number strictly between 0 and 1")
+            use_cache = _query(request, "use_cache", TypeAdapter(bool), True, "true or false")
+            prediction = await localizer().predict_octets(
+                await request.body(), stations, encoding, level, use_cache
+            )
+        except InputError as exc:
+            return error_response(exc)
+        return JSONResponse(prediction.model_dump(mode="json"))
+
+    return Starlette(
+        routes=[
+            Route("/model", model_info, methods=["GET"]),
+            Route("/predict/raw", predict_octets, methods=["POST"]),
+        ]
+    )
+
+
+class BodyLimit:
+    """ASGI middleware: refuses bodies over `max_bytes` with 413 before the app reads them.
+
+    A declared Content-Length over the limit is refused at once; a body without
+    one (chunked) is read up to the limit and replayed to the app.
+    """
+
+    def __init__(self, app: Any, max_bytes: int, on_reject: Callable[[], None] = lambda: None) -> None:
+        self.app, self.max_bytes, self.on_reject = app, max_bytes, on_reject
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        headers = dict(scope.get("headers") or [])
+        declared = headers.get(b"content-length")
+        if declared is not None:
+            if not declared.isdigit() or int(declared) > self.max_bytes:
+                return await self._refuse(send, int(declared) if declared.isdigit() else -1)
+            return await self.app(scope, receive, send)
+        if scope.get("method") not in ("POST", "PUT", "PATCH"):
+            return await self.app(scope, receive, send)
+        chunks, size = [], 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                return
+            chunks.append(message.get("body", b""))
+            size += len(chunks[-1])
+            if size > self.max_bytes:
+                return await self._refuse(send, size)
+            if not message.get("more_body"):
+                break
+        body = b"".join(chunks)
+        replayed = False
+
+        async def replay() -> dict:
+            nonlocal replayed
+            if replayed:
+                return await receive()
+            replayed = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        await self.app(scope, replay, send)
+
+    async def _refuse(self, send: Callable, received: int) -> None:
+        self.on_reject()
+        shown = f"{received} bytes" if received >= 0 else "an invalid Content-Length"
+        payload = json.dumps(
+            {"error": f"body: received {shown}; expected at most {self.max_bytes} bytes"}
+        ).encode()
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 413,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())],
+            }
+        )
+        await send({"type": "http.response.body", "body": payload})

@@ -1,0 +1,145 @@
+"""The request path: decode -> validate -> cache -> preprocess -> batched inference -> postprocess."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from heimdall.cache import PredictionCache
+from heimdall.contract import Contract, FeatureExtractor
+from heimdall.decode import CaptureSet, decode_captures, decode_octets
+from heimdall.errors import InputError
+from heimdall.inference import ModelOutput
+from heimdall.metrics import Metrics
+from heimdall.postprocess import describe
+from heimdall.schemas import BatchItem, BatchPrediction, CaptureSetIn, ItemError, Prediction
+from heimdall.settings import Settings
+
+Infer = Callable[[np.ndarray], Awaitable[np.ndarray]]
+
+
+@dataclass(frozen=True)
+class ServedModel:
+    """The model this service answers with, as imported from the registry."""
+
+    name: str
+    version: str
+    contract: Contract
+    labels: dict[str, str] = field(default_factory=dict)
+    load_seconds: float = 0.0
+
+
+class Localizer:
+    """Answers capture sets with positions. `infer` maps one feature tensor to a (5,) output row."""
+
+    def __init__(self, model: ServedModel, settings: Settings, metrics: Metrics, infer: Infer) -> None:
+        self.model = model
+        self.settings = settings
+        self.metrics = metrics
+        self.extractor = FeatureExtractor(model.contract)
+        namespace = f"{model.name}:{model.version}:{model.contract.fingerprint()}"
+        self.cache = PredictionCache(settings, namespace, metrics)
+        self._infer = infer
+        self._estimate = self.cache.memoize(self._run_model)
+
+    async def _run_model(self, capture: CaptureSet) -> ModelOutput:
+        start = time.perf_counter()
+        features = await asyncio.to_thread(self.extractor.capture_set, capture.iq)
+        self.metrics.preprocess_seconds.observe(time.perf_counter() - start)
+        return ModelOutput(*(float(v) for v in await self._infer(features)))
+
+    async def _decode(self, decode: Callable[..., CaptureSet], *args: Any) -> CaptureSet:
+        try:
+            return await asyncio.to_thread(decode, *args)
+        except InputError as exc:
+            self.metrics.rejections.labels(exc.reason).inc()
+            raise
+
+    async def _answer(self, capture: CaptureSet, level: float, use_cache: bool, start: float) -> Prediction:
+        result = await self._estimate(capture, use_cache=use_cache)
+        self.metrics.predictions.labels("cache" if result.hit else "model").inc()
+        return Prediction(
+            **describe(result.value, self.model.contract, level, self.settings.confidence_radius_m),
+            receivers=[rid for rid in self.model.contract.receiver_ids if rid in capture.iq],
+            model_name=self.model.name,
+            model_version=self.model.version,
+            cached=result.hit,
+            server_ms=(time.perf_counter() - start) * 1e3,
+        )
+
+    async def predict(self, captures: CaptureSetIn, level: float, use_cache: bool) -> Prediction:
+        start = time.perf_counter()
+        pairs = [(c.station, c.iq) for c in captures.captures]
+        capture = await self._decode(
+            decode_captures, pairs, captures.encoding, self.model.contract, self.settings.max_samples
+        )
+        return await self._answer(capture, level, use_cache, start)
+
+    async def predict_octets(
+        self, body: bytes, stations: Sequence[str], encoding: str, level: float, use_cache: bool
+    ) -> Prediction:
+        start = time.perf_counter()
+        capture = await self._decode(
+            decode_octets, body, stations, encoding, self.model.contract, self.settings.max_samples
+        )
+        return await self._answer(capture, level, use_cache, start)
+
+    async def predict_batch(self, items: list[CaptureSetIn], level: float, use_cache: bool) -> BatchPrediction:
+        """Each item is answered or refused on its own; good items run concurrently so they batch."""
+        start = time.perf_counter()
+        if not 1 <= len(items) <= self.settings.max_batch_items:
+            self.metrics.rejections.labels("batch_size").inc()
+            raise InputError("items", f"{len(items)} capture sets", f"1 to {self.settings.max_batch_items}", "batch_size")
+
+        async def one(i: int, item: CaptureSetIn) -> tuple[BatchItem, int]:
+            pairs = [(c.station, c.iq) for c in item.captures]
+            try:
+                capture = await self._decode(
+                    decode_captures, pairs, item.encoding, self.model.contract, self.settings.max_samples,
+                    f"items[{i}].captures",
+                )
+            except InputError as exc:
+                error = ItemError(
+                    field=exc.field, received=exc.received, expected=exc.expected, reason=exc.reason,
+                    message=str(exc),
+                )
+                return BatchItem(index=i, error=error), 0
+            prediction = await self._answer(capture, level, use_cache, time.perf_counter())
+            return BatchItem(index=i, prediction=prediction), capture.samples
+
+        results = await asyncio.gather(*(one(i, item) for i, item in enumerate(items)))
+        elapsed = time.perf_counter() - start
+        succeeded = sum(1 for item, _ in results if item.prediction is not None)
+        samples = sum(n for _, n in results)
+        return BatchPrediction(
+            items=[item for item, _ in results],
+            succeeded=succeeded,
+            failed=len(items) - succeeded,
+            samples=samples,
+            server_ms=elapsed * 1e3,
+            captures_per_second=succeeded / elapsed,
+            samples_per_second=samples / elapsed,
+        )
+
+    def info(self) -> dict[str, Any]:
+        c = self.model.contract
+        return {
+            "model": {
+                "name": self.model.name,
+                "version": self.model.version,
+                **{k: v for k, v in self.model.labels.items() if k.startswith(("registry_", "run_id"))},
+                "contract_version": c.contract_version,
+                "contract_fingerprint": c.fingerprint(),
+                "load_seconds": round(self.model.load_seconds, 4),
+            },
+            "receivers": [r.model_dump() for r in c.receivers],
+            "min_receivers": c.min_receivers,
+            "features": c.features.model_dump(),
+            "accuracy": c.accuracy.model_dump() if c.accuracy else None,
+            "cache": self.cache.stats(),
+        }

@@ -1,0 +1,95 @@
+"""Heimdall Serve: transmitter positions from WebSDR capture sets (BentoML 1.4)."""
+
+from __future__ import annotations
+
+import time
+
+import bentoml
+import numpy as np
+
+from heimdall.contract import Contract
+from heimdall.http import BodyLimit, ops_app
+from heimdall.inference import OnnxLocalizer, pack_features, unpack_features
+from heimdall.localizer import Localizer, ServedModel
+from heimdall.metrics import Metrics
+from heimdall.schemas import BatchPrediction, Capture, CaptureSetIn, ConfidenceLevel, Encoding, Prediction
+from heimdall.settings import Settings
+
+settings = Settings()
+
+
+def _current() -> Heimdall:
+    return bentoml.get_current_service()
+
+
+@bentoml.service(
+    name="heimdall",
+    workers=settings.workers,
+    traffic={"timeout": 30},
+    # The self-call to the batchable API reuses pooled connections; the default
+    # recycling after 100 requests surfaced as 500s under concurrent load.
+    runner_connection={"max_requests": 1_000_000_000},
+    metrics={"enabled": True, "namespace": "bentoml_service"},
+)
+@bentoml.asgi_app(ops_app(lambda: _current().localizer), path="/v1")
+class Heimdall:
+    model = bentoml.models.BentoModel(settings.model_tag)
+
+    def __init__(self) -> None:
+        start = time.perf_counter()
+        self.metrics = Metrics()
+        contract = Contract.load(self.model.path_of("contract.json"))
+        self.onnx = OnnxLocalizer(self.model.path_of("model.onnx"), contract, threads=settings.onnx_threads)
+        self.onnx.warm_up()
+        served = ServedModel(
+            name=self.model.tag.name,
+            version=self.model.tag.version,
+            contract=contract,
+            labels=dict(self.model.info.labels),
+            load_seconds=time.perf_counter() - start,
+        )
+        self.localizer = Localizer(served, settings, self.metrics, self._infer_one)
+
+    async def _infer_one(self, features: np.ndarray) -> np.ndarray:
+        rows = await self.to_async.infer([pack_features(features)])
+        return np.asarray(rows[0])
+
+    def __is_ready__(self) -> bool:
+        # __init__ raises unless the model loaded and its warm-up inference was valid.
+        return self.localizer.model.load_seconds > 0
+
+    @bentoml.api(route="/predict")
+    async def predict(
+        self,
+        captures: list[Capture],
+        encoding: Encoding = "int16",
+        confidence_level: ConfidenceLevel = 0.95,
+        use_cache: bool = True,
+    ) -> Prediction:
+        """Locate the transmitter heard in one capture set."""
+        return await self.localizer.predict(
+            CaptureSetIn(captures=captures, encoding=encoding), confidence_level, use_cache
+        )
+
+    @bentoml.api(route="/predict/batch")
+    async def predict_batch(
+        self, items: list[CaptureSetIn], confidence_level: ConfidenceLevel = 0.95, use_cache: bool = True
+    ) -> BatchPrediction:
+        """Locate 1-100 capture sets; a bad item gets its own error without failing the others."""
+        return await self.localizer.predict_batch(items, confidence_level, use_cache)
+
+    @bentoml.api(batchable=True, max_batch_size=settings.max_batch_size, max_latency_ms=settings.max_latency_ms)
+    def infer(self, features: list[str]) -> list[list[float]]:
+        """Adaptive-batched ONNX run over packed feature tensors (internal wire form)."""
+        batch = unpack_features(features, self.onnx.contract)
+        start = time.perf_counter()
+        out = self.onnx.run(batch)
+        self.metrics.inference_seconds.observe(time.perf_counter() - start)
+        return out.tolist()
+
+
+Heimdall.add_asgi_middleware(
+    BodyLimit,
+    max_bytes=settings.max_body_bytes,
+    on_reject=lambda: _current().metrics.rejections.labels("oversize").inc(),
+)
