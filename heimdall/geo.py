@@ -48,25 +48,40 @@ def geodetic_to_enu(lat_deg, lon_deg, ref_lat_deg: float, ref_lon_deg: float):
 
 
 def enu_to_geodetic(east_m, north_m, ref_lat_deg: float, ref_lon_deg: float):
-    """Latitude and longitude (degrees) of the ground point below a tangent-plane position.
+    """Latitude and longitude (degrees) of the ellipsoid point whose tangent-plane east/north is given.
 
-    The tangent-plane point is lifted to ECEF, then projected on the ellipsoid
-    (Bowring's iteration, three rounds: sub-millimetre at these distances).
+    The exact inverse of `geodetic_to_enu`: the "up" coordinate is solved so the
+    point lies on the ellipsoid (a few fixed-point rounds; sub-millimetre here).
     """
     east_m, north_m = np.asarray(east_m, dtype=np.float64), np.asarray(north_m, dtype=np.float64)
+    up = np.zeros_like(east_m)
+    for _ in range(4):
+        lat, lon, h = _ecef_to_geodetic(*_enu_to_ecef(east_m, north_m, up, ref_lat_deg, ref_lon_deg))
+        up = up - h
+    return lat, lon
+
+
+def _enu_to_ecef(east_m, north_m, up_m, ref_lat_deg: float, ref_lon_deg: float):
     lat0, lon0 = math.radians(ref_lat_deg), math.radians(ref_lon_deg)
     x0, y0, z0 = _geodetic_to_ecef(ref_lat_deg, ref_lon_deg)
-    x = x0 - math.sin(lon0) * east_m - math.sin(lat0) * math.cos(lon0) * north_m
-    y = y0 + math.cos(lon0) * east_m - math.sin(lat0) * math.sin(lon0) * north_m
-    z = z0 + math.cos(lat0) * north_m
+    sl, cl, so, co = math.sin(lat0), math.cos(lat0), math.sin(lon0), math.cos(lon0)
+    x = x0 - so * east_m - sl * co * north_m + cl * co * up_m
+    y = y0 + co * east_m - sl * so * north_m + cl * so * up_m
+    z = z0 + cl * north_m + sl * up_m
+    return x, y, z
+
+
+def _ecef_to_geodetic(x, y, z):
+    """ECEF -> (lat deg, lon deg, height m), by fixed-point iteration on latitude."""
     lon = np.arctan2(y, x)
     p = np.hypot(x, y)
     lat = np.arctan2(z, p * (1 - _E2))
-    for _ in range(3):
+    for _ in range(4):
         n = _prime_vertical_radius(lat)
         h = p / np.cos(lat) - n
         lat = np.arctan2(z, p * (1 - _E2 * n / (n + h)))
-    return np.degrees(lat), np.degrees(lon)
+    n = _prime_vertical_radius(lat)
+    return np.degrees(lat), np.degrees(lon), p / np.cos(lat) - n
 
 
 def metres_per_degree(lat_deg: float) -> tuple[float, float]:
