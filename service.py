@@ -8,7 +8,7 @@ import bentoml
 import numpy as np
 
 from heimdall.contract import Contract
-from heimdall.http import BodyLimit, ops_app
+from heimdall.http import BodyLimit, ops_app, refusals_as_400
 from heimdall.inference import OnnxLocalizer, pack_features, unpack_features
 from heimdall.localizer import Localizer, ServedModel
 from heimdall.metrics import Metrics
@@ -59,6 +59,7 @@ class Heimdall:
         return self.localizer.model.load_seconds > 0
 
     @bentoml.api(route="/predict")
+    @refusals_as_400
     async def predict(
         self,
         captures: list[Capture],
@@ -72,6 +73,7 @@ class Heimdall:
         )
 
     @bentoml.api(route="/predict/batch")
+    @refusals_as_400
     async def predict_batch(
         self, items: list[CaptureSetIn], confidence_level: ConfidenceLevel = 0.95, use_cache: bool = True
     ) -> BatchPrediction:

@@ -3,9 +3,10 @@ predict route, and a body-size limit enforced before anything parses the body.""
 
 from __future__ import annotations
 
+import functools
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from pydantic import TypeAdapter, ValidationError
@@ -35,8 +36,25 @@ def _query(request: Request, name: str, adapter: TypeAdapter, default: Any, expe
 
 
 def error_response(exc: InputError) -> JSONResponse:
-    body = {"error": str(exc), "field": exc.field, "received": exc.received, "expected": exc.expected}
+    """The one place a refused input becomes HTTP: 400 with the field, the value and what was expected."""
+    body = {
+        "error": str(exc), "field": exc.field, "received": exc.received, "expected": exc.expected,
+        "reason": exc.reason,
+    }
     return JSONResponse(body, status_code=400)
+
+
+def refusals_as_400(api: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+    """Wraps an async @bentoml.api method so an InputError answers with `error_response`."""
+
+    @functools.wraps(api)
+    async def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return await api(*args, **kwargs)
+        except InputError as exc:
+            return error_response(exc)
+
+    return wrapper
 
 
 def ops_app(localizer: Callable[[], Localizer]) -> Starlette:

@@ -1,0 +1,36 @@
+# Two commands on a fresh machine:  `make serve`  and  `make test`.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+MODEL  ?= models:/heimdall-localizer@production
+PORT   ?= 3000
+export BENTOML_DO_NOT_TRACK := true
+
+.PHONY: serve test lint model bench load build clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $@
+
+# Register the committed reference model in the local MLflow registry and import
+# it into the BentoML store; both steps are no-ops when already done.
+model: $(VENV)/.installed
+	$(BIN)/heimdall register
+	$(BIN)/heimdall import $(MODEL)
+
+serve: model
+	$(BIN)/bentoml serve service:Heimdall --port $(PORT)
+
+test: $(VENV)/.installed
+	$(BIN)/pytest
+
+lint: $(VENV)/.installed
+	$(BIN)/ruff check .
+
+bench: model
+	$(BIN)/python load/bench.py
+
+clean:
+	rm -rf $(VENV) .heimdall
