@@ -1,0 +1,20 @@
+"""The framework floor for the benchmark: a BentoML API that parses the same
+request body as POST /predict and does nothing else."""
+
+import bentoml
+
+from heimdall.schemas import Capture, ConfidenceLevel, Encoding
+from heimdall.settings import Settings
+
+
+@bentoml.service(name="floor", workers=Settings().workers, traffic={"timeout": 30})
+class Floor:
+    @bentoml.api(route="/predict")
+    async def predict(
+        self,
+        captures: list[Capture],
+        encoding: Encoding = "int16",
+        confidence_level: ConfidenceLevel = 0.95,
+        use_cache: bool = True,
+    ) -> dict:
+        return {"receivers": len(captures)}
