@@ -67,7 +67,9 @@ def _graph(contract: Contract, scale: float, input_shape: tuple[int, int, int]) 
         ],
         initializer=[numpy_helper.from_array(v, name=k) for k, v in weights.items()],
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="heimdall-tests")
+    model = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="heimdall-tests"
+    )
     model.ir_version = 8  # what onnxruntime accepts for opset 17
     onnx.checker.check_model(model, full_check=True)
     return model

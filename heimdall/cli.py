@@ -1,0 +1,137 @@
+"""`heimdall`: simulate, train, evaluate, register and import models. Each subcommand is a thin call.
+
+Expected failures (a model this code cannot serve, a bad model URI, an
+unreachable or empty registry) print one line to stderr and exit 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from importlib.resources import files
+from pathlib import Path
+from typing import Any
+
+REFERENCE_MODEL = Path(str(files("heimdall") / "reference"))
+
+
+def _given(**kwargs: Any) -> dict[str, Any]:
+    """The options the user gave; the rest keep the called function's defaults."""
+    return {k: v for k, v in kwargs.items() if v is not None}
+
+
+def _simulate(args: argparse.Namespace) -> None:
+    from heimdall.simulate import simulate_scenes
+
+    scenes = simulate_scenes(args.scenes, args.seed)
+    scenes.save(args.out)
+    print(f"{len(scenes)} scenes -> {args.out}")
+
+
+def _train(args: argparse.Namespace) -> None:
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        raise SystemExit("heimdall train needs PyTorch: pip install -e '.[train]'") from None
+    from heimdall.train import train
+
+    train(args.out, **_given(seed=args.seed, n_train=args.scenes, epochs=args.epochs))
+    print(f"model and contract -> {args.out}")
+
+
+def _evaluate(args: argparse.Namespace) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from heimdall.evaluate import evaluate
+
+    result = evaluate(args.model, **_given(n_scenes=args.scenes, seed=args.seed, plot_path=args.plot))
+    figures = result.model_dump() if hasattr(result, "model_dump") else dict(result)
+    table = Table("figure", "value", title=f"{args.model}")
+    for key, value in figures.items():
+        table.add_row(key, f"{value:.4g}" if isinstance(value, float) else str(value))
+    Console().print(table)
+
+
+def _register(args: argparse.Namespace) -> None:
+    from heimdall.registry import register
+
+    reg = register(args.model, **_given(name=args.name, alias=args.alias))
+    state = "already registered as" if reg.reused else "registered as"
+    print(f"{args.model} {state} models:/{reg.name}/{reg.version} (run {reg.run_id})")
+    print(f"models:/{reg.name}@{reg.alias} -> version {reg.version}")
+
+
+def _import(args: argparse.Namespace) -> None:
+    from heimdall.registry import import_model
+
+    stored = import_model(args.uri)
+    labels = " ".join(f"{k}={v}" for k, v in stored.info.labels.items())
+    print(f"{stored.tag} ({labels})")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="heimdall", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = commands.add_parser("simulate", help="simulate WebSDR capture sets and their true positions")
+    p.add_argument("--scenes", type=int, required=True, help="number of scenes")
+    p.add_argument("--seed", type=int, required=True)
+    p.add_argument("--out", type=Path, required=True, help="output .npz file")
+    p.set_defaults(run=_simulate)
+
+    p = commands.add_parser(
+        "train", help="train a model on simulated scenes; writes model.onnx and contract.json"
+    )
+    p.add_argument("--out", type=Path, required=True, help="output directory")
+    p.add_argument("--seed", type=int, required=True)
+    p.add_argument("--scenes", type=int, help="training scenes")
+    p.add_argument("--epochs", type=int)
+    p.set_defaults(run=_train)
+
+    p = commands.add_parser("evaluate", help="measure a model on fresh simulated scenes")
+    p.add_argument("--model", type=Path, required=True, help="directory with model.onnx and contract.json")
+    p.add_argument("--scenes", type=int)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--plot", type=Path, help="write a PNG of errors and ellipses here")
+    p.set_defaults(run=_evaluate)
+
+    p = commands.add_parser("register", help="log a model and its contract to MLflow and set an alias")
+    p.add_argument(
+        "--model", type=Path, default=REFERENCE_MODEL, help="model directory (default: %(default)s)"
+    )
+    p.add_argument("--name", help="registered model name (default: heimdall-localizer)")
+    p.add_argument("--alias", help="alias to point at the version (default: production)")
+    p.set_defaults(run=_register)
+
+    p = commands.add_parser("import", help="import a registry model into the BentoML model store")
+    p.add_argument("uri", metavar="URI", help="models:/NAME@ALIAS or models:/NAME/VERSION")
+    p.set_defaults(run=_import)
+    return parser
+
+
+def _expected(exc: Exception) -> bool:
+    """Failures a user can act on from a one-line message, as opposed to bugs (which keep their traceback)."""
+    from heimdall.errors import ModelNotServable
+
+    registry = sys.modules.get("heimdall.registry")  # imported only by the commands that need MLflow
+    return isinstance(exc, ModelNotServable | OSError) or (
+        registry is not None and isinstance(exc, registry.RegistryError)
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `heimdall` console script. MLflow is found through MLFLOW_TRACKING_URI."""
+    args = _parser().parse_args(argv)
+    try:
+        args.run(args)
+    except Exception as exc:
+        if not _expected(exc):
+            raise
+        print(f"heimdall {args.command}: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
