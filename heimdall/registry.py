@@ -206,7 +206,9 @@ def register(
     """
     model_dir = Path(model_dir)
     if not (model_dir / MODEL_FILE).is_file() or not (model_dir / CONTRACT_FILE).is_file():
-        raise RegistryError(f"{model_dir}: expected {MODEL_FILE} and {CONTRACT_FILE} there")
+        raise RegistryError(
+            f"{model_dir}: expected {MODEL_FILE} and {CONTRACT_FILE} (heimdall train writes them)"
+        )
     try:
         contract = Contract.load(model_dir / CONTRACT_FILE)
     except ValueError as exc:
@@ -282,11 +284,10 @@ def import_model(uri: str, tracking_uri: str | None = None) -> bentoml.Model:
     tracking = resolve_tracking_uri(tracking_uri)
     client = _client(tracking)
     try:
-        mv = (
-            client.get_model_version_by_alias(name, alias)
-            if alias
-            else client.get_model_version(name, match["version"])
-        )
+        if alias:
+            mv = client.get_model_version_by_alias(name, alias)
+        else:
+            mv = client.get_model_version(name, match["version"])
     except MlflowException as exc:
         raise RegistryError(f"{uri}: not found in {public_uri(tracking)} ({exc.message})") from None
     with tempfile.TemporaryDirectory(prefix="heimdall-import-") as tmp:
