@@ -82,7 +82,7 @@ class Cached:
 
 
 class _LocalLRU:
-    """In-process cache: at most `entries` values, each kept `ttl_s` seconds, least recently used out first."""
+    """In-process cache: at most `entries` values, each kept `ttl_s` seconds; least recently used go first."""
 
     def __init__(self, entries: int, ttl_s: float) -> None:
         self.entries, self.ttl_s = entries, ttl_s
@@ -137,7 +137,9 @@ class PredictionCache:
             # connection error only: a pooled socket goes stale whenever Redis restarts, and the
             # retry reconnects it. Never on a timeout: asking a slow Redis twice doubles the wait.
             self._redis = redis.Redis.from_url(
-                url, socket_timeout=self._timeout_s, socket_connect_timeout=self._timeout_s,
+                url,
+                socket_timeout=self._timeout_s,
+                socket_connect_timeout=self._timeout_s,
                 retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
             )
         metrics.cache_backend_up.set(1)
@@ -254,10 +256,8 @@ class PredictionCache:
             detail = f"{type(exc).__name__}: {exc}"
             if self._password:
                 detail = detail.replace(self._password, "***")
-            log.warning(
-                "cache: Redis at %s failed (%s); serving uncached, retrying every %gs",
-                self._where, detail, self._retry_s,
-            )
+            msg = "cache: Redis at %s failed (%s); serving uncached, retrying every %gs"
+            log.warning(msg, self._where, detail, self._retry_s)
 
     def _answered(self) -> None:
         if not self._up:
@@ -272,10 +272,11 @@ class PredictionCache:
     def stats(self) -> dict[str, object]:
         """This process's view, for the model-info endpoint."""
         c = self._counts
-        return {
-            "backend": self.backend, "up": self._up, "ttl_s": self._ttl_s,
-            "hits": c["hit"], "misses": c["miss"], "errors": c["error"], "bypasses": c["bypass"],
-        } | ({"entries": len(self._local), "max_entries": self._local.entries} if self._redis is None else {})
+        stats = {"backend": self.backend, "up": self._up, "ttl_s": self._ttl_s, "hits": c["hit"]}
+        stats |= {"misses": c["miss"], "errors": c["error"], "bypasses": c["bypass"]}
+        if self._redis is None:
+            stats |= {"entries": len(self._local), "max_entries": self._local.entries}
+        return stats
 
     async def ping(self) -> bool:
         """Whether the backend answers now (always True in memory). Does not change the circuit."""

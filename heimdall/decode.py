@@ -88,15 +88,18 @@ def decode_octets(
     """Decode a raw body: the receivers' arrays in `encoding`, concatenated in `stations` order."""
     _check_encoding(encoding)
     if isinstance(stations, str) or not isinstance(stations, Sequence) or not stations:
-        raise InputError("stations", stations, f"a list of at least {contract.min_receivers} station ids", "empty")
+        raise InputError(
+            "stations", stations, f"a list of at least {contract.min_receivers} station ids", "empty"
+        )
     _check_stations(list(stations), contract, "stations", "stations[{}]")
     if not body:
         raise InputError("body", b"", f"{len(stations)} equal-length {encoding} arrays", "empty")
     width = ENCODINGS[encoding] * len(stations)
     if len(body) % width:
         raise InputError(
-            "body", f"{len(body)} bytes",
-            f"a multiple of {width} bytes ({len(stations)} receivers x {ENCODINGS[encoding]} bytes per sample)",
+            "body",
+            f"{len(body)} bytes",
+            f"a multiple of {width} bytes ({len(stations)} receivers x {ENCODINGS[encoding]} bytes/sample)",
             "odd_length",
         )
     n = len(body) // width
@@ -136,7 +139,9 @@ def _check_stations(stations: list[object], contract: Contract, field: str, item
         seen.add(station)
     if len(seen) < contract.min_receivers:
         raise InputError(
-            field, f"{len(seen)} receivers", f"at least {contract.min_receivers} distinct receivers",
+            field,
+            f"{len(seen)} receivers",
+            f"at least {contract.min_receivers} distinct receivers",
             "too_few_receivers",
         )
 
@@ -144,9 +149,13 @@ def _check_stations(stations: list[object], contract: Contract, field: str, item
 def _check_count(n: int, max_samples: int, contract: Contract, where: str) -> None:
     low = contract.features.min_samples
     if n < low:
-        raise InputError(where, f"{n} samples", f"at least {low} IQ samples (one STFT frame)", "too_few_samples")
+        raise InputError(
+            where, f"{n} samples", f"at least {low} IQ samples (one STFT frame)", "too_few_samples"
+        )
     if n > max_samples:
-        raise InputError(where, f"{n} samples", f"at most {max_samples} IQ samples per receiver", "too_many_samples")
+        raise InputError(
+            where, f"{n} samples", f"at most {max_samples} IQ samples per receiver", "too_many_samples"
+        )
 
 
 def _from_pairs(data: object, max_samples: int, contract: Contract, where: str) -> _Decoded:
@@ -165,7 +174,9 @@ def _from_pairs(data: object, max_samples: int, contract: Contract, where: str) 
         bad = next((p for p in data if not isinstance(p, list | tuple) or len(p) != 2), data[0])
         raise InputError(where, bad, "a list of [I, Q] pairs of numbers", "ragged_iq")
     if columns.dtype.kind not in "iuf":
-        raise InputError(where, columns.dtype.name, "[I, Q] pairs of numbers (int16 ADC counts)", "not_numeric")
+        raise InputError(
+            where, columns.dtype.name, "[I, Q] pairs of numbers (int16 ADC counts)", "not_numeric"
+        )
     _check_range(columns, _INT16_MIN, _INT16_MAX, where, "int16 ADC counts")
     interleaved = columns.T.astype(np.float32, order="C")
     interleaved *= _SCALE
@@ -181,10 +192,15 @@ def _from_base64(text: str, encoding: str, max_samples: int, contract: Contract,
     try:
         raw = base64.b64decode(text, validate=True)
     except (binascii.Error, ValueError):
-        raise InputError(where, text, f"standard base64 of little-endian {encoding} I/Q", "bad_base64") from None
+        raise InputError(
+            where, text, f"standard base64 of little-endian {encoding} I/Q", "bad_base64"
+        ) from None
     if len(raw) % per_sample:
         raise InputError(
-            where, f"{len(raw)} bytes", f"a multiple of {per_sample} bytes (one {encoding} I/Q sample)", "odd_length"
+            where,
+            f"{len(raw)} bytes",
+            f"a multiple of {per_sample} bytes (one {encoding} I/Q sample)",
+            "odd_length",
         )
     _check_count(len(raw) // per_sample, max_samples, contract, where)
     return _from_bytes(raw, encoding, where)
@@ -213,7 +229,9 @@ def _check_range(values: np.ndarray, low: float, high: float, where: str, units:
         k = int(np.flatnonzero(~finite)[0])
         raise InputError(where, f"{flat[k]} at sample {k // 2}", f"finite numbers ({units})", "non_finite")
     k = int(np.flatnonzero((flat < low) | (flat > high))[0])
-    raise InputError(where, f"{flat[k]} at sample {k // 2}", f"values in [{low}, {high}] ({units})", "out_of_range")
+    raise InputError(
+        where, f"{flat[k]} at sample {k // 2}", f"values in [{low}, {high}] ({units})", "out_of_range"
+    )
 
 
 def _complex(interleaved: np.ndarray) -> np.ndarray:

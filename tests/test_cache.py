@@ -59,6 +59,9 @@ class Harness:
         self.registry = CollectorRegistry()
         self.metrics = Metrics(registry=self.registry)
         self.namespace = namespace or f"test-{uuid.uuid4().hex}:1:fp"
+        # Generous by default: these tests are about semantics, and a loaded CI machine can take more
+        # than the production 50 ms to open the first connection. The outage tests set their own.
+        settings.setdefault("cache_timeout_ms", 1000)
         self.cache = PredictionCache(Settings(redis_url=url, **settings), self.namespace, self.metrics)
         self.model = Model()
         self.predict = self.cache.memoize(self.model)
@@ -100,8 +103,19 @@ class OwnRedis:
         self.url = f"redis://{auth}127.0.0.1:{self.port}/0"
 
     def start(self) -> None:
-        args = ["redis-server", "--save", "", "--appendonly", "no", "--port", str(self.port),
-                "--bind", "127.0.0.1", "--dir", str(self.tmp)]
+        args = [
+            "redis-server",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            str(self.tmp),
+        ]
         if self.password:
             args += ["--requirepass", self.password]
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -146,9 +160,19 @@ def test_value_format_round_trips_and_rejects_implausible_values():
     raw = encode_value(good)
     assert len(raw) == 44 and decode_value(raw) == good
     assert encode_value(ModelOutput(0, 0, 0.0, 1, 0)) is None  # sigma <= 0 is never stored
-    for bad in [None, b"", b"junk", raw[:-1], raw + b"\0", b"XXXX" + raw[4:], "text",
-                struct.pack("<4s5d", b"HMO1", math.nan, 0, 1, 1, 0), struct.pack("<4s5d", b"HMO1", 0, 0, 1, -1, 0),
-                struct.pack("<4s5d", b"HMO1", 0, 0, 1, 1, 1.0), struct.pack("<4s5d", b"HMO1", 0, 0, math.inf, 1, 0)]:
+    for bad in [
+        None,
+        b"",
+        b"junk",
+        raw[:-1],
+        raw + b"\0",
+        b"XXXX" + raw[4:],
+        "text",
+        struct.pack("<4s5d", b"HMO1", math.nan, 0, 1, 1, 0),
+        struct.pack("<4s5d", b"HMO1", 0, 0, 1, -1, 0),
+        struct.pack("<4s5d", b"HMO1", 0, 0, 1, 1, 1.0),
+        struct.pack("<4s5d", b"HMO1", 0, 0, math.inf, 1, 0),
+    ]:
         assert decode_value(bad) is None
 
 
@@ -167,8 +191,15 @@ def test_miss_then_hit_skips_the_model_and_sets_ttl(shared):
         assert second == Cached(answer(c), hit=True)
         assert h.model.calls == 1
         assert (h.count("miss"), h.count("hit"), h.up()) == (1, 1, 1)
-        assert h.cache.stats() | {} == {"backend": "redis", "up": True, "ttl_s": 600, "hits": 1, "misses": 1,
-                                        "errors": 0, "bypasses": 0}
+        assert h.cache.stats() | {} == {
+            "backend": "redis",
+            "up": True,
+            "ttl_s": 600,
+            "hits": 1,
+            "misses": 1,
+            "errors": 0,
+            "bypasses": 0,
+        }
         bypass = await h.predict(c, use_cache=False)
         assert bypass == Cached(answer(c), hit=False) and h.model.calls == 2 and h.count("bypass") == 1
         assert await h.cache.ping()
@@ -231,9 +262,15 @@ def test_single_flight_shares_one_call_errors_and_cancellation(shared):
 
 @pytest.mark.parametrize(
     "stored",
-    [b"garbage", encode_value(ModelOutput(1, 2, 3, 4, 0.5))[:-3], b"PKL1" + encode_value(ModelOutput(1, 2, 3, 4, 0))[4:],
-     struct.pack("<4s5d", b"HMO1", 1, 2, 3, 4, 1.0), struct.pack("<4s5d", b"HMO1", 1, 2, -3, 4, 0),
-     struct.pack("<4s5d", b"HMO1", math.nan, 2, 3, 4, 0), "a list"],
+    [
+        b"garbage",
+        encode_value(ModelOutput(1, 2, 3, 4, 0.5))[:-3],
+        b"PKL1" + encode_value(ModelOutput(1, 2, 3, 4, 0))[4:],
+        struct.pack("<4s5d", b"HMO1", 1, 2, 3, 4, 1.0),
+        struct.pack("<4s5d", b"HMO1", 1, 2, -3, 4, 0),
+        struct.pack("<4s5d", b"HMO1", math.nan, 2, 3, 4, 0),
+        "a list",
+    ],
     ids=["garbage", "truncated", "foreign-magic", "rho=1", "sigma<0", "nan", "wrong-type"],
 )
 def test_corrupt_or_foreign_entries_are_misses_counted_and_dropped(shared, stored):
@@ -280,7 +317,7 @@ def test_outage_serves_uncached_logs_once_and_recovers(own, caplog):
             start = time.perf_counter()
             result = await h.predict(c)
             assert result == Cached(answer(c), hit=False)
-            assert time.perf_counter() - start < 0.15
+            assert time.perf_counter() - start < 0.2  # the timeout is 0.1 s
         assert h.up() == 0 and h.count("error") == 10 and h.cache.stats()["up"] is False
         assert not await h.cache.ping()
         warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
@@ -309,7 +346,7 @@ def test_paused_redis_does_not_stall_requests(own, caplog):
         client.execute_command("CLIENT", "PAUSE", 2000)
         start = time.perf_counter()
         assert (await h.predict(capture(7))).hit is False
-        assert time.perf_counter() - start < 0.25
+        assert time.perf_counter() - start < 0.3  # the timeout is 0.1 s, the pause 2 s
         start = time.perf_counter()
         for seed in range(8, 28):  # circuit open: Redis is not even asked
             assert (await h.predict(capture(seed))).hit is False
