@@ -1,4 +1,4 @@
-"""`heimdall`: simulate, train, evaluate, register and import models. Each subcommand is a thin call.
+"""`heimdall`: simulate, train, evaluate, register, import and release models. Each subcommand is a thin call.
 
 Expected failures (a model this code cannot serve, a bad model URI, an
 unreachable or empty registry) print one line to stderr and exit 1.
@@ -70,6 +70,23 @@ def _import(args: argparse.Namespace) -> None:
     print(f"{stored.tag} ({labels})")
 
 
+def _release(args: argparse.Namespace) -> None:
+    from heimdall.release import release
+
+    done = release(args.uri, **_given(project_dir=args.project_dir), image=not args.no_image)
+    print(f"bento  {done.bento_tag}")
+    origin = " ".join(f"{k}={v}" for k, v in done.labels.items() if k.startswith("registry"))
+    print(f"model  {done.model_tag} ({origin})")
+    if done.image:
+        print(f"image  {done.image} (built with {done.engine})")
+    elif args.no_image:
+        print(f"image  skipped (--no-image); to build it: {done.containerize_command}")
+    else:
+        print("image  not built: no container engine answers here (`docker info` / `podman info` failed).")
+        print(f"       Where one runs: {done.containerize_command}")
+        print(f"       (copy it there: bentoml export {done.bento_tag} heimdall.bento; bentoml import)")
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="heimdall", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -107,6 +124,14 @@ def _parser() -> argparse.ArgumentParser:
     p = commands.add_parser("import", help="import a registry model into the BentoML model store")
     p.add_argument("uri", metavar="URI", help="models:/NAME@ALIAS or models:/NAME/VERSION")
     p.set_defaults(run=_import)
+
+    p = commands.add_parser(
+        "release", help="import a registry model, build its versioned Bento and containerize it"
+    )
+    p.add_argument("uri", metavar="URI", help="models:/NAME@ALIAS or models:/NAME/VERSION")
+    p.add_argument("--project-dir", type=Path, help="checkout with bentofile.yaml (default: this one)")
+    p.add_argument("--no-image", action="store_true", help="stop after building the Bento")
+    p.set_defaults(run=_release)
     return parser
 
 
@@ -115,8 +140,11 @@ def _expected(exc: Exception) -> bool:
     from heimdall.errors import ModelNotServable
 
     registry = sys.modules.get("heimdall.registry")  # imported only by the commands that need MLflow
-    return isinstance(exc, ModelNotServable | OSError) or (
-        registry is not None and isinstance(exc, registry.RegistryError)
+    release = sys.modules.get("heimdall.release")
+    return (
+        isinstance(exc, ModelNotServable | OSError)
+        or (registry is not None and isinstance(exc, registry.RegistryError))
+        or (release is not None and isinstance(exc, release.ReleaseError))
     )
 
 

@@ -1,0 +1,222 @@
+"""Release: MLflow registry model -> versioned Bento -> container image, in one call.
+
+`release("models:/NAME@ALIAS")` imports the model (heimdall.registry), builds a Bento
+from bentofile.yaml and, when a container engine answers, runs `bentoml containerize`.
+
+The Python packages of the Bento are `[project].dependencies` of pyproject.toml, read at
+build time and injected as `python.packages`: pyproject.toml stays the one list of pins
+(BentoML's bentofile options cannot point at it, and a generated requirements file would
+be a second copy to keep in step).
+
+Bento version: ``v<registry version>-<contract fingerprint[:8]>-<digest[:10]>`` where the
+digest (blake2b) covers the bundled source files (same include/exclude rules as the build),
+bentofile.yaml, the pinned dependency list and the exact model tag (whose version carries
+the ONNX sha256). Same inputs give the same version, and releasing them again returns the
+Bento already in the store instead of building a twin. What the version cannot promise:
+byte-identical Bento archives (BentoML stamps a creation time into bento.yaml) and
+identical images (base image tags and package indexes move); the version identifies what
+was put in, not the bytes that come out.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import tomllib
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import attr
+import bentoml
+from bentoml._internal.bento import Bento
+from bentoml._internal.bento.build_config import BentoBuildConfig, BentoEnvSchema, BentoPathSpec
+from bentoml._internal.configuration.containers import BentoMLContainer
+from bentoml.exceptions import NotFound
+from rich.console import Console
+from rich.markup import escape
+
+PROJECT_DIR = Path(__file__).resolve().parents[1]
+BENTOFILE = "bentofile.yaml"
+IMAGE_REPOSITORY = "heimdall"
+ENGINES = ("docker", "podman")
+_console = Console(stderr=True)
+
+
+class ReleaseError(Exception):
+    """The project cannot be released as it stands (missing files, unpinned dependencies)."""
+
+
+@dataclass(frozen=True)
+class Release:
+    """Outcome of a release: the Bento, the model it serves and the image (None without an engine)."""
+
+    bento_tag: str
+    model_tag: str
+    labels: dict[str, str]
+    reused: bool
+    image: str | None
+    engine: str | None
+
+    @property
+    def containerize_command(self) -> str:
+        """The command that turns this Bento into an image where a container engine runs."""
+        version = self.bento_tag.partition(":")[2]
+        return f"bentoml containerize {self.bento_tag} --image-tag {IMAGE_REPOSITORY}:{version}"
+
+
+@contextmanager
+def _step(text: str) -> Iterator[None]:
+    with _console.status(escape(f"{text}...")):
+        yield
+    _console.print(f"[green]✓[/] {escape(text)}", soft_wrap=True, highlight=False)
+
+
+def pinned_dependencies(pyproject: Path) -> list[str]:
+    """`[project].dependencies` of `pyproject`, refusing any that is not pinned with `==`."""
+    try:
+        deps = tomllib.loads(Path(pyproject).read_text())["project"]["dependencies"]
+    except (OSError, tomllib.TOMLDecodeError, KeyError) as exc:
+        raise ReleaseError(f"{pyproject}: cannot read [project].dependencies ({exc})") from None
+    loose = [d for d in deps if "==" not in d]
+    if loose:
+        raise ReleaseError(f"{pyproject}: dependencies must be pinned with ==, found {loose}")
+    return list(deps)
+
+
+def load_build_config(project_dir: Path) -> BentoBuildConfig:
+    """bentofile.yaml of `project_dir`, parsed and validated by BentoML."""
+    path = Path(project_dir) / BENTOFILE
+    if not path.is_file():
+        raise ReleaseError(f"{path}: not found (run from the project checkout or pass --project-dir)")
+    return BentoBuildConfig.from_file(str(path))
+
+
+def bundled_files(project_dir: Path, config: BentoBuildConfig) -> list[str]:
+    """Paths (relative, '/'-separated, sorted) the build copies into the Bento, by the same rules."""
+    root = Path(project_dir).resolve()
+    spec = BentoPathSpec(config.include or ["*"], config.exclude or [], str(root))
+    found = []
+    for dirpath, _, files in os.walk(root):
+        rel_dir = os.path.relpath(dirpath, root)
+        for name in files:
+            rel = os.path.join(rel_dir, name).replace(os.sep, "/")
+            if spec.includes(rel):
+                found.append(rel.removeprefix("./"))
+    return sorted(found)
+
+
+def content_digest(project_dir: Path, config: BentoBuildConfig, deps: list[str], model_tag: str) -> str:
+    """blake2b hex digest of the bundled sources, bentofile.yaml, the pins and the model tag."""
+    root = Path(project_dir)
+    h = hashlib.blake2b(digest_size=16)
+    for rel in [*bundled_files(root, config), BENTOFILE]:
+        h.update(rel.encode() + b"\0" + hashlib.sha256((root / rel).read_bytes()).digest())
+    h.update("\n".join(deps).encode() + b"\0" + model_tag.encode())
+    return h.hexdigest()
+
+
+def bento_version(labels: dict[str, str], digest: str) -> str:
+    """v<registry version>-<contract fingerprint[:8]>-<digest[:10]>, a valid BentoML tag version."""
+    return f"v{labels['registry_version']}-{labels['contract_fingerprint'][:8]}-{digest[:10]}"
+
+
+def release_labels(model: bentoml.Model, digest: str) -> dict[str, str]:
+    """Bento labels: where the model came from, the exact model tag and the content digest."""
+    keys = ("registry_name", "registry_version", "registry_alias", "run_id", "contract_fingerprint")
+    missing = [k for k in keys if k not in model.info.labels]
+    if missing:
+        raise ReleaseError(f"model {model.tag} lacks labels {missing}: import it with `heimdall import`")
+    return {k: str(model.info.labels[k]) for k in keys} | {
+        "model_tag": str(model.tag),
+        "content_digest": digest,
+    }
+
+
+@contextmanager
+def _env(name: str, value: str) -> Iterator[None]:
+    old = os.environ.get(name)
+    os.environ[name] = value
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = old
+
+
+def build_bento(model: bentoml.Model, project_dir: Path = PROJECT_DIR) -> tuple[bentoml.Bento, bool]:
+    """Build (or find) the Bento serving `model`; return it and whether it already existed."""
+    project_dir = Path(project_dir).resolve()
+    config = load_build_config(project_dir)
+    deps = pinned_dependencies(project_dir / "pyproject.toml")
+    model_tag = str(model.tag)
+    digest = content_digest(project_dir, config, deps, model_tag)
+    labels = release_labels(model, digest)
+    tag = bentoml.Tag(config.name or "heimdall", bento_version(labels, digest))
+    try:
+        return bentoml.bentos.get(tag), True
+    except NotFound:
+        pass
+    config = attr.evolve(
+        config,
+        labels={**config.labels, **labels},
+        python=attr.evolve(config.python, packages=[*(config.python.packages or []), *deps]),
+        # The image resolves exactly this model, whatever else a store might hold.
+        envs=[*config.envs, BentoEnvSchema(name="HEIMDALL_MODEL_TAG", value=model_tag)],
+    )
+    # service.py reads HEIMDALL_MODEL_TAG when imported; reload it so the build references this model.
+    with _env("HEIMDALL_MODEL_TAG", model_tag), _step(f"Building Bento {tag}"):
+        Bento.create(
+            build_config=config, version=tag.version, build_ctx=str(project_dir), reload=True
+        ).save(BentoMLContainer.bento_store.get())
+    return bentoml.bentos.get(tag), False
+
+
+def container_engine() -> str | None:
+    """'docker' or 'podman' if its CLI is installed and `<engine> info` succeeds (the daemon answers)."""
+    for engine in ENGINES:
+        if shutil.which(engine) is None:
+            continue
+        try:
+            ok = subprocess.run([engine, "info"], capture_output=True, timeout=20).returncode == 0
+        except (OSError, subprocess.TimeoutExpired):
+            ok = False
+        if ok:
+            return engine
+    return None
+
+
+def containerize(bento_tag: str, engine: str) -> str:
+    """Run `bentoml containerize` with `engine`; return the image tag."""
+    image = f"{IMAGE_REPOSITORY}:{bento_tag.partition(':')[2]}"
+    command = [
+        sys.executable, "-m", "bentoml", "containerize", bento_tag, "--backend", engine, "--image-tag", image,
+    ]
+    _console.print(f"[bold]$ {escape(' '.join(command[2:]))}[/]", highlight=False)
+    if subprocess.run(command).returncode != 0:
+        raise ReleaseError(f"bentoml containerize {bento_tag} with {engine} failed (output above)")
+    return image
+
+
+def release(
+    uri: str,
+    tracking_uri: str | None = None,
+    project_dir: Path = PROJECT_DIR,
+    image: bool = True,
+) -> Release:
+    """Import `uri` from MLflow, build its Bento and, if `image` and an engine runs, containerize it."""
+    from heimdall.registry import import_model
+
+    model = import_model(uri, tracking_uri=tracking_uri)
+    bento, reused = build_bento(model, project_dir)
+    if reused:
+        _console.print(f"[green]✓[/] Bento {bento.tag} already built from these inputs", highlight=False)
+    engine = container_engine() if image else None
+    built_image = containerize(str(bento.tag), engine) if engine else None
+    return Release(str(bento.tag), str(model.tag), dict(bento.info.labels), reused, built_image, engine)
