@@ -1,0 +1,153 @@
+"""The release path for real: build the Bento from the imported model, read its Dockerfile,
+export it, import it into an empty BentoML home and serve it from there."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import tomllib
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from heimdall.contract import Contract, FeatureExtractor, iq_from_int16
+from heimdall.examples import example_captures, request_body
+from heimdall.inference import ModelOutput, OnnxLocalizer
+from heimdall.postprocess import describe
+from heimdall.release import PROJECT_DIR, build_bento, container_engine
+
+from .conftest import free_port, wait_until
+
+BENTOML = [sys.executable, "-m", "bentoml"]
+PINS = tomllib.loads((PROJECT_DIR / "pyproject.toml").read_text())["project"]["dependencies"]
+
+
+@pytest.fixture(scope="module")
+def model(reference_tag):
+    import bentoml
+
+    return bentoml.models.get(reference_tag)
+
+
+@pytest.fixture(scope="module")
+def bento(model):
+    built, _ = build_bento(model)
+    return built
+
+
+def test_version_and_labels_say_which_model_is_served(bento, model):
+    labels = model.info.labels
+    registry_version, fingerprint, digest = bento.tag.version.split("-")
+    assert registry_version == f"v{labels['registry_version']}"
+    assert fingerprint == labels["contract_fingerprint"][:8]
+    assert digest == bento.info.labels["content_digest"][:10]
+    for key in ("registry_name", "registry_version", "registry_alias", "run_id", "contract_fingerprint"):
+        assert bento.info.labels[key] == labels[key]
+    assert bento.info.labels["model_tag"] == str(model.tag)
+    served = [m.tag for s in bento.info.services for m in s.models]
+    assert [str(t) for t in served] == [str(model.tag)]
+
+
+def test_same_inputs_give_the_same_bento(bento, model):
+    again, reused = build_bento(model)
+    assert reused and again.tag == bento.tag
+
+
+def test_bento_carries_only_the_service_code_and_the_pyproject_pins(bento):
+    src = Path(bento.path) / "src"
+    files = {p.relative_to(src).as_posix() for p in src.rglob("*") if p.is_file()}
+    assert {"service.py", "heimdall/localizer.py", "heimdall/contract.py", "heimdall/cache.py"} <= files
+    for absent in ("train", "evaluate", "registry", "release", "cli"):
+        assert f"heimdall/{absent}.py" not in files
+    assert not any(f.startswith(("tests/", "load/", "heimdall/reference/", ".heimdall/")) for f in files)
+    requirements = (Path(bento.path) / "env" / "python" / "requirements.txt").read_text().split()
+    assert set(PINS) <= set(requirements)
+    assert all("==" in r for r in requirements)
+
+
+def test_dockerfile_has_what_the_image_needs(bento, model, tmp_path):
+    import bentoml
+
+    out = tmp_path / "Dockerfile"
+    bentoml.container.get_containerfile(str(bento.tag), output_path=str(out))
+    dockerfile = out.read_text()
+    assert "FROM python:3.11-slim" in dockerfile
+    assert "pip install -r $BENTO_PATH/env/python/requirements.txt" in dockerfile
+    assert "EXPOSE 3000" in dockerfile
+    assert "entrypoint.sh" in dockerfile
+    assert "ENV HEIMDALL_MODEL_TAG=$HEIMDALL_MODEL_TAG" in dockerfile
+    assert f"ARG HEIMDALL_MODEL_TAG={model.tag}" in dockerfile
+    assert "ARG HEIMDALL_WORKERS=2" in dockerfile
+    assert "REDIS" not in dockerfile  # unset: the in-process cache; no secrets baked in
+    entrypoint = (Path(bento.path) / "env" / "docker" / "entrypoint.sh").read_text()
+    assert "bentoml" in entrypoint and "serve" in entrypoint
+
+
+def test_no_engine_means_none_not_a_crash():
+    assert container_engine() in (None, "docker", "podman")
+
+
+def _expected(model) -> dict:
+    contract = Contract.load(model.path_of("contract.json"))
+    captures = example_captures()
+    features = FeatureExtractor(contract).capture_set({s: iq_from_int16(v) for s, v in captures.items()})
+    out = ModelOutput(*OnnxLocalizer(model.path_of("model.onnx"), contract).run(features[None])[0])
+    return describe(out, contract, 0.95, 10_000.0)
+
+
+def _post(url: str, body: dict) -> dict:
+    request = urllib.request.Request(
+        url, data=json.dumps(body).encode(), headers={"content-type": "application/json"}
+    )
+    with urllib.request.urlopen(request, timeout=30) as r:
+        return json.loads(r.read())
+
+
+def _ready(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=1) as r:
+            return r.status == 200
+    except OSError:
+        return False
+
+
+@pytest.mark.slow
+def test_exported_bento_serves_the_same_answer_from_an_empty_home(bento, model, tmp_path):
+    archive = tmp_path / "heimdall.bento"
+    subprocess.run([*BENTOML, "export", str(bento.tag), str(archive)], check=True, capture_output=True)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HEIMDALL_")}
+    env |= {"BENTOML_HOME": str(tmp_path / "empty-home"), "HEIMDALL_WORKERS": "1"}
+    subprocess.run([*BENTOML, "import", str(archive)], check=True, capture_output=True, env=env)
+    port = free_port()
+    log = (tmp_path / "serve.log").open("w")
+    # From a directory without the sources, so only the Bento's copy can be served.
+    server = subprocess.Popen(
+        [*BENTOML, "serve", str(bento.tag), "--host", "127.0.0.1", "--port", str(port)],
+        cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    try:
+        wait_until(lambda: _ready(f"http://127.0.0.1:{port}/readyz") or server.poll() is not None,
+                   90, "bentoml serve of the imported Bento")
+        assert server.poll() is None, (tmp_path / "serve.log").read_text()[-3000:]
+        payload = {**request_body(example_captures()), "use_cache": False}
+        body = _post(f"http://127.0.0.1:{port}/predict", payload)
+        want = _expected(model)
+        assert body["lat"] == pytest.approx(want["lat"], abs=1e-9)
+        assert body["lon"] == pytest.approx(want["lon"], abs=1e-9)
+        assert body["model_name"] == model.tag.name and body["model_version"] == model.tag.version
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/model", timeout=10) as r:
+            info = json.loads(r.read())["model"]
+        assert info["registry_version"] == model.info.labels["registry_version"]
+        assert info["contract_fingerprint"] == model.info.labels["contract_fingerprint"]
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        try:
+            server.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait()
+        log.close()
