@@ -1,0 +1,112 @@
+"""The feature recipe: where power lands, that relative power survives, and that training equals serving."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import librosa
+import numpy as np
+import pytest
+
+from heimdall.contract import Contract, FeatureExtractor, iq_from_int16
+from heimdall.evaluate import scene_features
+from heimdall.simulate import simulate_scenes
+
+REFERENCE = Path(__file__).resolve().parents[1] / "heimdall" / "reference" / "contract.json"
+
+
+@pytest.fixture(scope="module")
+def contract() -> Contract:
+    return Contract.load(REFERENCE)
+
+
+@pytest.fixture(scope="module")
+def extractor(contract: Contract) -> FeatureExtractor:
+    return FeatureExtractor(contract)
+
+
+def tone(freq_hz: float, amplitude: float, samples: int, fs: float) -> np.ndarray:
+    return (amplitude * np.exp(2j * np.pi * freq_hz * np.arange(samples) / fs)).astype(np.complex64)
+
+
+def test_tone_lands_in_the_mel_band_with_the_nearest_centre(contract, extractor):
+    s = contract.features
+    centres = librosa.mel_frequencies(s.n_mels + 2, fmin=s.fmin_hz, fmax=s.fmax_hz)[1:-1]
+    # Every FFT-bin-centred tone either side of the carrier; negative frequencies fold onto |f|.
+    bins = np.arange(-s.n_fft // 2 + 1, s.n_fft // 2)
+    freqs = bins * s.sample_rate_hz / s.n_fft
+    iq = np.stack([tone(f, 0.5, 4096, s.sample_rate_hz) for f in freqs])
+    loudest = extractor.log_mel(iq).mean(axis=-1).argmax(axis=-1)
+    nearest = np.abs(centres[None, :] - np.abs(freqs)[:, None]).argmin(axis=1)
+    np.testing.assert_array_equal(loudest, nearest)
+
+
+def test_six_db_stronger_receiver_reads_six_db_higher(contract, extractor):
+    s = contract.features
+    rng = np.random.default_rng(1)
+    noise = (rng.standard_normal(4096) + 1j * rng.standard_normal(4096)) * 1e-3
+    weak = (tone(1_234.0, 0.01, 4096, s.sample_rate_hz) + noise).astype(np.complex64)
+    strong = (weak * 10 ** (6 / 20)).astype(np.complex64)
+    ids = contract.receiver_ids
+    features = extractor.capture_set({ids[0]: weak, ids[1]: strong})
+    np.testing.assert_allclose(features[1] - features[0], 6.0 / s.norm_scale_db, atol=2e-5)
+    assert np.all(features[2:] == 0.0), "receivers absent from the capture set are zero channels"
+
+
+def test_training_and_serving_paths_give_identical_features(contract, extractor):
+    scenes = simulate_scenes(24, seed=11, contract=contract)
+    training = extractor.scenes(iq_from_int16(scenes.iq), scenes.heard)
+    np.testing.assert_array_equal(scene_features(extractor, scenes), training)  # the chunked training loader
+    assert (~scenes.heard).any(), "the scenes should exercise missing receivers"
+    for i in range(len(scenes)):
+        serving = extractor.capture_set({rid: iq_from_int16(iq) for rid, iq in scenes.capture_set(i).items()})
+        np.testing.assert_allclose(serving, training[i], rtol=0, atol=1e-5)
+        assert np.array_equal(serving.any(axis=(1, 2)), scenes.heard[i])
+
+
+def test_crop_keeps_first_frames_and_pad_repeats_frames_cyclically(contract, extractor):
+    s = contract.features
+    rng = np.random.default_rng(2)
+    long = ((rng.standard_normal(8192) + 1j * rng.standard_normal(8192)) * 0.01).astype(np.complex64)
+    full = extractor.log_mel(long[:4096])
+    assert full.shape == (s.n_mels, s.n_frames)
+    np.testing.assert_array_equal(extractor.log_mel(long), full)
+    short_samples = 1024
+    frames = 1 + (short_samples - s.n_fft) // s.hop  # 7
+    short = extractor.log_mel(long[:short_samples])
+    assert short.shape == (s.n_mels, s.n_frames)
+    np.testing.assert_allclose(short[:, :frames], full[:, :frames], atol=1e-5)
+    np.testing.assert_array_equal(short, short[:, np.arange(s.n_frames) % frames])
+
+
+def test_contract_json_round_trip(contract):
+    again = Contract.model_validate_json(contract.to_json())
+    assert again == contract
+    assert again.fingerprint() == contract.fingerprint()
+
+
+# The committed reference contract's fingerprint. It changes only if the
+# feature recipe, the receivers, the frame or the output meaning change, and
+# then the model must be retrained: that is what this pin is for.
+REFERENCE_FINGERPRINT = "a32dcf52256daaba"
+
+
+def test_fingerprint_is_stable_and_ignores_accuracy(contract):
+    assert contract.fingerprint() == REFERENCE_FINGERPRINT
+    assert contract.model_copy(update={"accuracy": None}).fingerprint() == REFERENCE_FINGERPRINT
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        lambda c: {"features": c.features.model_copy(update={"norm_offset_db": c.features.norm_offset_db + 0.01})},
+        lambda c: {"features": c.features.model_copy(update={"n_mels": 40})},
+        lambda c: {"features": c.features.model_copy(update={"hop": 64})},
+        lambda c: {"receivers": tuple(reversed(c.receivers))},
+        lambda c: {"reference": c.reference.model_copy(update={"lat": c.reference.lat + 1e-6})},
+        lambda c: {"io": c.io.model_copy(update={"mean": "position"})},
+    ],
+    ids=["norm-offset", "n-mels", "hop", "receiver-order", "reference-point", "output-name"],
+)
+def test_fingerprint_changes_with_anything_that_changes_features_or_outputs(contract, change):
+    assert contract.model_copy(update=change(contract)).fingerprint() != contract.fingerprint()

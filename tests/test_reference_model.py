@@ -1,0 +1,66 @@
+"""The committed reference model: it reproduces the accuracy its contract records, and is servable."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+from heimdall.contract import Contract, FeatureExtractor
+from heimdall.evaluate import EVAL_SEED, evaluate, open_session, predict, scene_features
+from heimdall.simulate import simulate_scenes
+
+REFERENCE = Path(__file__).resolve().parents[1] / "heimdall" / "reference"
+
+
+@pytest.fixture(scope="module")
+def contract() -> Contract:
+    return Contract.load(REFERENCE / "contract.json")
+
+
+@pytest.fixture(scope="module")
+def measured(contract):
+    assert contract.accuracy is not None, "the reference contract records its held-out accuracy"
+    return evaluate(REFERENCE, n_scenes=contract.accuracy.scenes, seed=EVAL_SEED)
+
+
+def test_committed_model_reproduces_recorded_accuracy(contract, measured):
+    recorded = contract.accuracy
+    assert measured.scenes == recorded.scenes
+    for km in ("median_error_km", "p95_error_km", "baseline_median_error_km", "baseline_p95_error_km"):
+        assert getattr(measured, km) == pytest.approx(getattr(recorded, km), rel=0.01), km
+    for level in ("coverage_50", "coverage_95"):
+        assert getattr(measured, level) == pytest.approx(getattr(recorded, level), abs=0.005), level
+
+
+def test_model_beats_baseline_and_ellipses_are_calibrated(measured):
+    assert measured.median_error_km < measured.baseline_median_error_km
+    assert measured.p95_error_km < measured.baseline_p95_error_km
+    assert measured.coverage_50 == pytest.approx(0.50, abs=0.03)
+    assert measured.coverage_95 == pytest.approx(0.95, abs=0.02)
+
+
+def test_graph_matches_the_contract(contract):
+    path = REFERENCE / "model.onnx"
+    assert path.stat().st_size < 2_000_000
+    graph = onnx.load(str(path)).graph
+    assert [i.name for i in graph.input] == [contract.io.input]
+    assert [o.name for o in graph.output] == [contract.io.mean, contract.io.covariance]
+    dims = graph.input[0].type.tensor_type.shape.dim
+    assert dims[0].dim_param and [d.dim_value for d in dims[1:]] == list(contract.input_shape)
+
+
+def test_any_batch_size_and_missing_receivers_give_valid_estimates(contract):
+    scenes = simulate_scenes(5, seed=123, contract=contract)
+    features = scene_features(FeatureExtractor(contract), scenes)
+    session = open_session(REFERENCE / "model.onnx")
+    batched = predict(session, contract, features)
+    one_by_one = np.concatenate([predict(session, contract, features[i : i + 1]) for i in range(5)])
+    np.testing.assert_allclose(batched, one_by_one, rtol=1e-5, atol=1e-3)
+    only_three = features.copy()
+    only_three[:, 3:] = 0.0  # three receivers heard: the fewest a request may carry
+    out = predict(session, contract, only_three)
+    assert np.isfinite(out).all() and (out[:, 2:4] > 0).all() and (np.abs(out[:, 4]) < 1).all()
+    assert (out[:, 2:4].prod(axis=1) > batched[:, 2:4].prod(axis=1)).all(), "fewer receivers, larger ellipse"
