@@ -31,8 +31,10 @@ _NOISE_FLOOR_FRACTION = 0.1  # the weakest signal power kept: 10 dB below the no
 
 
 def received_power_dbm(iq: np.ndarray, heard: np.ndarray, sample_rate_hz: float) -> np.ndarray:
-    """(N, receivers) signal power in dBm from int16 interleaved IQ (N, receivers, 2 * samples); NaN if not heard."""
-    mean_power_fs = np.stack([(np.abs(iq_from_int16(iq[:, r])) ** 2).mean(axis=-1) for r in range(iq.shape[1])], 1)
+    """Signal power (N, receivers), dBm, of int16 interleaved IQ (N, receivers, 2 * samples); NaN: unheard."""
+    mean_power_fs = np.stack(
+        [(np.abs(iq_from_int16(iq[:, r])) ** 2).mean(axis=-1) for r in range(iq.shape[1])], 1
+    )
     noise_fs = 10.0 ** ((thermal_noise_dbm(sample_rate_hz) - FULL_SCALE_DBM) / 10.0)
     signal_fs = np.maximum(mean_power_fs - noise_fs, _NOISE_FLOOR_FRACTION * noise_fs)
     return np.where(heard, 10.0 * np.log10(signal_fs) + FULL_SCALE_DBM, np.nan)
@@ -55,7 +57,8 @@ class RssiMultilateration:
 
     @staticmethod
     def _sse(power: np.ndarray, w: np.ndarray, loss: np.ndarray) -> np.ndarray:
-        """Residual sum of squares after fitting A, for scenes (N, R) against candidates (G, R) or (N, G, R)."""
+        """Residual sum of squares after fitting A: scenes (N, R) against candidates (G, R) or (N, G, R)."""
+
         def dot(a, b):  # sum over receivers, broadcasting the candidate axis
             return np.einsum("nr,gr->ng", a, b) if b.ndim == 2 else np.einsum("nr,ngr->ng", a, b)
 

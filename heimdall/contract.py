@@ -53,8 +53,10 @@ class FeatureSpec(_Frozen):
         description="longer captures keep their first n_frames frames; shorter ones repeat their frames cyclically",
     )
     db_floor: float = Field(-140.0, description="power floor, dB full scale")
-    norm_offset_db: float = Field(-90.0, description="subtracted from dBFS power (training constant)")
-    norm_scale_db: float = Field(20.0, description="dBFS power is divided by this after the offset")
+    # Defaults: mean and standard deviation of heard log-mel power (dBFS) over the
+    # reference model's 24,000 training scenes (heimdall/train.py measures them).
+    norm_offset_db: float = Field(-81.82, description="subtracted from dBFS power (training constant)")
+    norm_scale_db: float = Field(16.22, description="dBFS power is divided by this after the offset")
 
     @property
     def min_samples(self) -> int:

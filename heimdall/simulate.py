@@ -135,8 +135,15 @@ def simulate_scenes(n: int, seed: int, contract: Contract | None = None, samples
     iq[~heard] = 0
     lat, lon = enu_to_geodetic(tx[:, 0], tx[:, 1], contract.reference.lat, contract.reference.lon)
     return Scenes(
-        iq=iq, heard=heard, tx_lat=lat, tx_lon=lon, tx_east_m=tx[:, 0], tx_north_m=tx[:, 1],
-        tx_power_dbm=tx_dbm, rx_power_dbm=rx_dbm, receiver_ids=np.array(contract.receiver_ids),
+        iq=iq,
+        heard=heard,
+        tx_lat=lat,
+        tx_lon=lon,
+        tx_east_m=tx[:, 0],
+        tx_north_m=tx[:, 1],
+        tx_power_dbm=tx_dbm,
+        rx_power_dbm=rx_dbm,
+        receiver_ids=np.array(contract.receiver_ids),
     )
 
 
@@ -169,8 +176,11 @@ def _emission(rng: np.random.Generator, m: int, t: np.ndarray) -> np.ndarray:
     level /= level.sum(axis=-1, keepdims=True)  # peak |message| <= 1 -> peak deviation <= DEVIATION_HZ
     tone_phase = rng.uniform(0.0, 2 * np.pi, (m, 1, 3))
     # Phase of FM = 2 pi dev * integral of sum(level * sin(2 pi f t + phase)) dt, in closed form.
-    integral = (level / (2 * np.pi * tone_hz) * (np.cos(tone_phase) - np.cos(
-        2 * np.pi * tone_hz * t[:, None] + tone_phase))).sum(axis=-1)
+    integral = (
+        level
+        / (2 * np.pi * tone_hz)
+        * (np.cos(tone_phase) - np.cos(2 * np.pi * tone_hz * t[:, None] + tone_phase))
+    ).sum(axis=-1)
     is_fm = rng.random((m, 1)) < FM_FRACTION
     phase = 2 * np.pi * (offset * t + np.where(is_fm, DEVIATION_HZ * integral, 0.0))
     period_s = rng.uniform(0.04, 0.15, (m, 1))
@@ -187,7 +197,9 @@ def _fading(rng: np.random.Generator, m: int, receivers: int, samples: int, fs: 
     arrival = rng.uniform(0.0, 2 * np.pi, (*shape, _SINUSOIDS + 1))
     ray_phase = rng.uniform(0.0, 2 * np.pi, (*shape, _SINUSOIDS + 1))
     rays = np.exp(1j * (2 * np.pi * doppler[..., None] * np.cos(arrival) * grid_t[:, None] + ray_phase))
-    g = np.sqrt(k / (k + 1)) * rays[..., 0] + np.sqrt(1 / (k + 1)) * rays[..., 1:].sum(-1) / math.sqrt(_SINUSOIDS)
+    g = np.sqrt(k / (k + 1)) * rays[..., 0] + np.sqrt(1 / (k + 1)) * rays[..., 1:].sum(-1) / math.sqrt(
+        _SINUSOIDS
+    )
     pos = np.arange(samples) / _FADING_STEP
     i = pos.astype(np.int64)
     w = (pos - i).astype(np.float32)

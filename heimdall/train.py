@@ -32,8 +32,8 @@ from rich.progress import Progress
 from torch import nn
 
 from heimdall.contract import Contract, FeatureExtractor
-from heimdall.evaluate import mahalanobis_sq, open_session, predict, scene_features
 from heimdall.evaluate import evaluate as evaluate_model
+from heimdall.evaluate import mahalanobis_sq, open_session, predict, scene_features
 from heimdall.geo import chi2_2d_scale
 from heimdall.simulate import simulate_scenes
 
@@ -48,10 +48,15 @@ class Localizer(nn.Module):
         receivers, mels, _ = contract.input_shape
         self.offset_db = contract.features.norm_offset_db
         self.scale_db = contract.features.norm_scale_db
-        self.receiver = nn.Sequential(nn.Linear(2 * mels + 2, 2 * embed), nn.GELU(), nn.Linear(2 * embed, embed), nn.GELU())
+        self.receiver = nn.Sequential(
+            nn.Linear(2 * mels + 2, 2 * embed), nn.GELU(), nn.Linear(2 * embed, embed), nn.GELU()
+        )
         self.head = nn.Sequential(
-            nn.Linear(receivers * (embed + 3), hidden), nn.GELU(),
-            nn.Linear(hidden, hidden), nn.GELU(), nn.Linear(hidden, 5),
+            nn.Linear(receivers * (embed + 3), hidden),
+            nn.GELU(),
+            nn.Linear(hidden, hidden),
+            nn.GELU(),
+            nn.Linear(hidden, 5),
         )
         self.register_buffer("sigma_scale", torch.tensor(1.0))  # set by calibration, exported in the graph
 
@@ -71,23 +76,29 @@ class Localizer(nn.Module):
 
 
 def gaussian_nll(mean: torch.Tensor, cov: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Mean negative log-likelihood (up to log 2 pi) of targets under N(mean, Sigma(sigma_e, sigma_n, rho))."""
+    """Mean negative log-likelihood (less log 2 pi) of targets under N(mean, Sigma(sigma_e, sigma_n, rho))."""
     d = (target - mean) / POSITION_SCALE_M
     se, sn, rho = cov[:, 0] / POSITION_SCALE_M, cov[:, 1] / POSITION_SCALE_M, cov[:, 2]
     ze, zn, one_minus = d[:, 0] / se, d[:, 1] / sn, 1 - rho**2
-    return (torch.log(se * sn) + 0.5 * torch.log(one_minus) + 0.5 * (ze**2 - 2 * rho * ze * zn + zn**2) / one_minus).mean()
+    return (
+        torch.log(se * sn)
+        + 0.5 * torch.log(one_minus)
+        + 0.5 * (ze**2 - 2 * rho * ze * zn + zn**2) / one_minus
+    ).mean()
 
 
 def drop_receivers(x: torch.Tensor, gen: torch.Generator, min_receivers: int) -> torch.Tensor:
-    """Augmentation: in half of the batch, zero each heard receiver with probability 0.25, keeping min_receivers."""
+    """Augmentation: in half the batch, zero each heard receiver with probability 0.25; keep min_receivers."""
     heard = x.abs().amax(dim=(2, 3)) > 0
     drop = heard & (torch.rand(heard.shape, generator=gen) < 0.25)
-    drop &= ((heard & ~drop).sum(dim=1, keepdim=True) >= min_receivers) & (torch.rand(len(x), 1, generator=gen) < 0.5)
+    drop &= ((heard & ~drop).sum(dim=1, keepdim=True) >= min_receivers) & (
+        torch.rand(len(x), 1, generator=gen) < 0.5
+    )
     return x * (~drop)[..., None, None]
 
 
 def _simulate(n: int, seeds: list[int], extractor: FeatureExtractor, progress: Progress, label: str):
-    """Features (raw dBFS for a contract with offset 0, scale 1), heard mask and true (east, north) of n scenes."""
+    """Features (raw dBFS: offset 0, scale 1), heard mask and true (east, north) of n scenes."""
     features = np.empty((n, *extractor.contract.input_shape), dtype=np.float32)
     heard = np.empty((n, len(extractor.contract.receivers)), dtype=bool)
     truth = np.empty((n, 2))
@@ -109,7 +120,7 @@ def _normalize(features: np.ndarray, heard: np.ndarray, spec) -> None:
 
 
 def _calibrate(d2: np.ndarray) -> float:
-    """Covariance scale s (sigmas multiplied by s) bringing 50% and 95% ellipse coverage closest to nominal."""
+    """Covariance scale s (sigmas times s) bringing 50% and 95% ellipse coverage closest to nominal."""
     scales = np.geomspace(0.5, 3.0, 601)
     k50, k95 = chi2_2d_scale(0.5) ** 2, chi2_2d_scale(0.95) ** 2
     c50 = (d2[None] <= k50 * scales[:, None] ** 2).mean(axis=1)
@@ -117,7 +128,9 @@ def _calibrate(d2: np.ndarray) -> float:
     return float(scales[np.argmin((c50 - 0.5) ** 2 + (c95 - 0.95) ** 2)])
 
 
-def train(out_dir: Path, seed: int = 0, n_train: int = 24_000, epochs: int = 40, progress: bool = True) -> Contract:
+def train(
+    out_dir: Path, seed: int = 0, n_train: int = 24_000, epochs: int = 40, progress: bool = True
+) -> Contract:
     """Train, calibrate, export and evaluate the reference model into `out_dir`; returns its contract."""
     started = time.perf_counter()
     out_dir = Path(out_dir)
@@ -125,22 +138,35 @@ def train(out_dir: Path, seed: int = 0, n_train: int = 24_000, epochs: int = 40,
     torch.manual_seed(seed)
     torch.set_num_threads(1)  # deterministic and polite on a shared 2-core machine
     n_val = max(n_train // 6, 500)
-    seeds = [int(s.generate_state(1)[0]) for s in np.random.SeedSequence(seed).spawn(2 * (n_train // _SIM_CHUNK + 2))]
+    seeds = [
+        int(s.generate_state(1)[0])
+        for s in np.random.SeedSequence(seed).spawn(2 * (n_train // _SIM_CHUNK + 2))
+    ]
     base = Contract()
-    raw = FeatureExtractor(base.model_copy(update={"features": base.features.model_copy(
-        update={"norm_offset_db": 0.0, "norm_scale_db": 1.0})}))
+    raw = FeatureExtractor(
+        base.model_copy(
+            update={
+                "features": base.features.model_copy(update={"norm_offset_db": 0.0, "norm_scale_db": 1.0})
+            }
+        )
+    )
     with Progress(disable=not progress) as bar:
         x_train, h_train, y_train = _simulate(n_train, seeds[0::2], raw, bar, "training")
         x_val, h_val, y_val = _simulate(n_val, seeds[1::2], raw, bar, "validation")
         heard_db = x_train[h_train]
-        spec = base.features.model_copy(update={
-            "norm_offset_db": round(float(heard_db.mean(dtype=np.float64)), 2),
-            "norm_scale_db": round(float(heard_db.std(dtype=np.float64)), 2)})
+        spec = base.features.model_copy(
+            update={
+                "norm_offset_db": round(float(heard_db.mean(dtype=np.float64)), 2),
+                "norm_scale_db": round(float(heard_db.std(dtype=np.float64)), 2),
+            }
+        )
         contract = base.model_copy(update={"features": spec})
         for x, h in ((x_train, h_train), (x_val, h_val)):
             _normalize(x, h, spec)
         check = simulate_scenes(8, seeds[-1], contract)
-        if not np.array_equal(scene_features(FeatureExtractor(contract), check), _raw_normalized(raw, check, spec)):
+        if not np.array_equal(
+            scene_features(FeatureExtractor(contract), check), _raw_normalized(raw, check, spec)
+        ):
             raise RuntimeError("normalized training features differ from FeatureExtractor's")
 
         model = Localizer(contract)
@@ -155,8 +181,10 @@ def train(out_dir: Path, seed: int = 0, n_train: int = 24_000, epochs: int = 40,
     accuracy = evaluate_model(out_dir, plot_path=out_dir / "evaluation.png")
     contract = contract.model_copy(update={"accuracy": accuracy})
     (out_dir / "contract.json").write_text(contract.to_json() + "\n")
-    print(f"sigma scale {float(model.sigma_scale):.3f}; trained, exported and evaluated in "
-          f"{time.perf_counter() - started:.0f} s; {accuracy}")
+    print(
+        f"sigma scale {float(model.sigma_scale):.3f}; trained, exported and evaluated in "
+        f"{time.perf_counter() - started:.0f} s; {accuracy}"
+    )
     return contract
 
 
@@ -166,7 +194,9 @@ def _raw_normalized(raw: FeatureExtractor, scenes, spec) -> np.ndarray:
     return features
 
 
-def _fit(model: Localizer, contract: Contract, train_set, val_set, seed: int, epochs: int, bar: Progress) -> Localizer:
+def _fit(
+    model: Localizer, contract: Contract, train_set, val_set, seed: int, epochs: int, bar: Progress
+) -> Localizer:
     """AdamW with a one-cycle schedule; keeps the weights with the best validation NLL."""
     x, y = torch.from_numpy(train_set[0]), torch.from_numpy(train_set[1]).float()
     xv, yv = torch.from_numpy(val_set[0]), torch.from_numpy(val_set[1]).float()
@@ -176,7 +206,7 @@ def _fit(model: Localizer, contract: Contract, train_set, val_set, seed: int, ep
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=3e-3, total_steps=epochs * steps)
     best, best_state = float("inf"), None
     task = bar.add_task("training epochs", total=epochs)
-    for epoch in range(epochs):
+    for _ in range(epochs):
         model.train()
         order = torch.randperm(len(x), generator=gen)
         for i in range(steps):
@@ -201,8 +231,13 @@ def _export(model: Localizer, contract: Contract, path: Path, sample: np.ndarray
     """ONNX export (opset 17, dynamic batch), checked against torch and timed on one capture set."""
     io = contract.io
     torch.onnx.export(
-        model, (torch.from_numpy(sample),), str(path), dynamo=False, opset_version=17,
-        input_names=[io.input], output_names=[io.mean, io.covariance],
+        model,
+        (torch.from_numpy(sample),),
+        str(path),
+        dynamo=False,
+        opset_version=17,
+        input_names=[io.input],
+        output_names=[io.mean, io.covariance],
         dynamic_axes={io.input: {0: "batch"}, io.mean: {0: "batch"}, io.covariance: {0: "batch"}},
     )
     session = open_session(path)
@@ -216,5 +251,7 @@ def _export(model: Localizer, contract: Contract, path: Path, sample: np.ndarray
     t0 = time.perf_counter()
     for _ in range(runs):
         predict(session, contract, one)
-    print(f"ONNX {path.stat().st_size / 1e3:.0f} kB matches torch; one capture set: "
-          f"{(time.perf_counter() - t0) / runs * 1e3:.3f} ms on one thread")
+    print(
+        f"ONNX {path.stat().st_size / 1e3:.0f} kB matches torch; one capture set: "
+        f"{(time.perf_counter() - t0) / runs * 1e3:.3f} ms on one thread"
+    )

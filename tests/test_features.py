@@ -99,7 +99,9 @@ def test_fingerprint_is_stable_and_ignores_accuracy(contract):
 @pytest.mark.parametrize(
     "change",
     [
-        lambda c: {"features": c.features.model_copy(update={"norm_offset_db": c.features.norm_offset_db + 0.01})},
+        lambda c: {
+            "features": c.features.model_copy(update={"norm_offset_db": c.features.norm_offset_db + 0.01})
+        },
         lambda c: {"features": c.features.model_copy(update={"n_mels": 40})},
         lambda c: {"features": c.features.model_copy(update={"hop": 64})},
         lambda c: {"receivers": tuple(reversed(c.receivers))},
