@@ -6,7 +6,7 @@ MODEL  ?= models:/heimdall-localizer@production
 PORT   ?= 3000
 export BENTOML_DO_NOT_TRACK := true
 
-.PHONY: serve test lint model bench load build clean
+.PHONY: serve test lint model bench load build release clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,16 @@ lint: $(VENV)/.installed
 
 bench: model
 	$(BIN)/python load/bench.py
+
+# Registry model -> versioned Bento -> image (`bentoml containerize` when docker/podman answers).
+release: model
+	$(BIN)/heimdall release $(MODEL)
+
+# Locust SLA check: starts the service and a private Redis, 100 users at ~1 request/s each,
+# reports in load/reports/. Saturation: make load LOAD_ARGS=--saturate
+LOAD_ARGS ?=
+load: model
+	$(BIN)/python load/sla.py --redis $(LOAD_ARGS)
 
 clean:
 	rm -rf $(VENV) .heimdall
