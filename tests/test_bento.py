@@ -13,14 +13,13 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from support import free_port, wait_until
 
 from heimdall.contract import Contract, FeatureExtractor, iq_from_int16
 from heimdall.examples import example_captures, request_body
 from heimdall.inference import ModelOutput, OnnxLocalizer
 from heimdall.postprocess import describe
 from heimdall.release import PROJECT_DIR, build_bento, container_engine
-
-from .conftest import free_port, wait_until
 
 BENTOML = [sys.executable, "-m", "bentoml"]
 PINS = tomllib.loads((PROJECT_DIR / "pyproject.toml").read_text())["project"]["dependencies"]
@@ -115,34 +114,28 @@ def _ready(url: str) -> bool:
         return False
 
 
-@pytest.mark.slow
-def test_exported_bento_serves_the_same_answer_from_an_empty_home(bento, model, tmp_path):
-    archive = tmp_path / "heimdall.bento"
+@pytest.fixture(scope="module")
+def served_bento(bento, tmp_path_factory):
+    """The Bento exported, imported into an empty BentoML home and served from there: its URL."""
+    tmp = tmp_path_factory.mktemp("bento-serve")
+    archive = tmp / "heimdall.bento"
     subprocess.run([*BENTOML, "export", str(bento.tag), str(archive)], check=True, capture_output=True)
     env = {k: v for k, v in os.environ.items() if not k.startswith("HEIMDALL_")}
-    env |= {"BENTOML_HOME": str(tmp_path / "empty-home"), "HEIMDALL_WORKERS": "1"}
+    env |= {"BENTOML_HOME": str(tmp / "empty-home"), "HEIMDALL_WORKERS": "1"}
     subprocess.run([*BENTOML, "import", str(archive)], check=True, capture_output=True, env=env)
     port = free_port()
-    log = (tmp_path / "serve.log").open("w")
+    log = (tmp / "serve.log").open("w")
     # From a directory without the sources, so only the Bento's copy can be served.
     server = subprocess.Popen(
         [*BENTOML, "serve", str(bento.tag), "--host", "127.0.0.1", "--port", str(port)],
-        cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        cwd=tmp, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
     )
+    url = f"http://127.0.0.1:{port}"
     try:
-        wait_until(lambda: _ready(f"http://127.0.0.1:{port}/readyz") or server.poll() is not None,
+        wait_until(lambda: _ready(f"{url}/readyz") or server.poll() is not None,
                    90, "bentoml serve of the imported Bento")
-        assert server.poll() is None, (tmp_path / "serve.log").read_text()[-3000:]
-        payload = {**request_body(example_captures()), "use_cache": False}
-        body = _post(f"http://127.0.0.1:{port}/predict", payload)
-        want = _expected(model)
-        assert body["lat"] == pytest.approx(want["lat"], abs=1e-9)
-        assert body["lon"] == pytest.approx(want["lon"], abs=1e-9)
-        assert body["model_name"] == model.tag.name and body["model_version"] == model.tag.version
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/model", timeout=10) as r:
-            info = json.loads(r.read())["model"]
-        assert info["registry_version"] == model.info.labels["registry_version"]
-        assert info["contract_fingerprint"] == model.info.labels["contract_fingerprint"]
+        assert server.poll() is None, (tmp / "serve.log").read_text()[-3000:]
+        yield url
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         try:
@@ -151,3 +144,35 @@ def test_exported_bento_serves_the_same_answer_from_an_empty_home(bento, model, 
             os.killpg(server.pid, signal.SIGKILL)
             server.wait()
         log.close()
+
+
+@pytest.mark.slow
+def test_exported_bento_serves_the_same_answer_from_an_empty_home(served_bento, model):
+    payload = {**request_body(example_captures()), "use_cache": False}
+    body = _post(f"{served_bento}/predict", payload)
+    want = _expected(model)
+    assert body["lat"] == pytest.approx(want["lat"], abs=1e-9)
+    assert body["lon"] == pytest.approx(want["lon"], abs=1e-9)
+    assert body["model_name"] == model.tag.name and body["model_version"] == model.tag.version
+    with urllib.request.urlopen(f"{served_bento}/v1/model", timeout=10) as r:
+        info = json.loads(r.read())["model"]
+    assert info["registry_version"] == model.info.labels["registry_version"]
+    assert info["contract_fingerprint"] == model.info.labels["contract_fingerprint"]
+
+
+@pytest.mark.slow
+def test_locustfile_smoke_run(served_bento, tmp_path):
+    """5 users for 5 s through the real locustfile: it runs, names hits and misses, writes its summary."""
+    summary = tmp_path / "summary.json"
+    run = subprocess.run(
+        [str(Path(sys.executable).parent / "locust"), "-f", str(PROJECT_DIR / "load" / "locustfile.py"),
+         "--headless", "--only-summary", "-u", "5", "-r", "5", "-t", "6s", "--host", served_bento,
+         "--scenes", "20", "--warmup", "1", "--pairs-share", "0.5", "--summary-json", str(summary)],
+        capture_output=True, text=True, timeout=60, cwd=tmp_path,
+    )
+    result = json.loads(summary.read_text())
+    assert result["all"]["requests"] > 0, run.stderr[-2000:]
+    assert result["all"]["failures"] == 0, run.stderr[-2000:]
+    assert result["predictions"] > 0
+    assert run.returncode == (0 if result["pass"] else 1)
+    assert any(name.endswith((" hit", " miss")) for name in result["by_name"])
