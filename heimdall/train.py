@@ -11,13 +11,13 @@ augmentation -> scale the covariance on validation so ellipses are calibrated
 -> export ONNX (opset 17, dynamic batch), check onnxruntime against torch, time
 one capture set -> held-out evaluation -> model.onnx + contract.json.
 
-The network (about 60 k parameters). A receiver is present when its channel is
+The network (55 k parameters). A receiver is present when its channel is
 not all zero. Per receiver, shared weights: the time-mean and time-max of each
 mel band plus its in-band power level (mel power summed over bands, averaged
 over frames, back to normalized dB: the quantity path loss acts on) and that
 level relative to the strongest heard receiver (the transmit power is unknown)
 -> small MLP -> zeroed if absent. The receiver embeddings, in the contract's
-fixed order, with the presence mask -> MLP -> mean (east, north, metres) and
+fixed order, with the presence mask -> MLP (dropout 0.1) -> mean (east, north, metres) and
 sigma_east, sigma_north (metres, softplus) and correlation (0.98 tanh).
 """
 
@@ -54,8 +54,10 @@ class Localizer(nn.Module):
         self.head = nn.Sequential(
             nn.Linear(receivers * (embed + 3), hidden),
             nn.GELU(),
+            nn.Dropout(0.1),
             nn.Linear(hidden, hidden),
             nn.GELU(),
+            nn.Dropout(0.1),
             nn.Linear(hidden, 5),
         )
         self.register_buffer("sigma_scale", torch.tensor(1.0))  # set by calibration, exported in the graph
@@ -129,7 +131,7 @@ def _calibrate(d2: np.ndarray) -> float:
 
 
 def train(
-    out_dir: Path, seed: int = 0, n_train: int = 24_000, epochs: int = 40, progress: bool = True
+    out_dir: Path, seed: int = 0, n_train: int = 24_000, epochs: int = 20, progress: bool = True
 ) -> Contract:
     """Train, calibrate, export and evaluate the reference model into `out_dir`; returns its contract."""
     started = time.perf_counter()
@@ -202,7 +204,9 @@ def _fit(
     xv, yv = torch.from_numpy(val_set[0]), torch.from_numpy(val_set[1]).float()
     gen = torch.Generator().manual_seed(seed)
     steps = (len(x) + _BATCH - 1) // _BATCH
-    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=1e-4)
+    # Strong weight decay and dropout: with 1e-4 and no dropout, validation NLL turned up after ~16 epochs
+    # (overconfident outliers) while training NLL kept falling.
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=1e-2)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=3e-3, total_steps=epochs * steps)
     best, best_state = float("inf"), None
     task = bar.add_task("training epochs", total=epochs)
