@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 import bentoml
 import numpy as np
 
+from heimdall.coalesce import Coalescer
 from heimdall.contract import Contract
 from heimdall.http import BodyLimit, ops_app, refusals_as_400
 from heimdall.inference import OnnxLocalizer, pack_features, unpack_features
@@ -48,11 +50,20 @@ class Heimdall:
             labels=dict(self.model.info.labels),
             load_seconds=time.perf_counter() - start,
         )
-        self.localizer = Localizer(served, settings, self.metrics, self._infer_one)
+        infer = Coalescer(self._infer_batched) if settings.adaptive_batching else self._infer_direct
+        self.localizer = Localizer(served, settings, self.metrics, infer)
 
-    async def _infer_one(self, features: np.ndarray) -> np.ndarray:
-        rows = await self.to_async.infer([pack_features(features)])
-        return np.asarray(rows[0])
+    async def _infer_batched(self, rows: list[np.ndarray]) -> np.ndarray:
+        return np.asarray(await self.to_async.infer([pack_features(r) for r in rows]))
+
+    async def _infer_direct(self, features: np.ndarray) -> np.ndarray:
+        return (await asyncio.to_thread(self._run, features[None]))[0]
+
+    def _run(self, batch: np.ndarray) -> np.ndarray:
+        start = time.perf_counter()
+        out = self.onnx.run(batch)
+        self.metrics.inference_seconds.observe(time.perf_counter() - start)
+        return out
 
     def __is_ready__(self) -> bool:
         # __init__ raises unless the model loaded and its warm-up inference was valid.
@@ -83,11 +94,7 @@ class Heimdall:
     @bentoml.api(batchable=True, max_batch_size=settings.max_batch_size, max_latency_ms=settings.max_latency_ms)
     def infer(self, features: list[str]) -> list[list[float]]:
         """Adaptive-batched ONNX run over packed feature tensors (internal wire form)."""
-        batch = unpack_features(features, self.onnx.contract)
-        start = time.perf_counter()
-        out = self.onnx.run(batch)
-        self.metrics.inference_seconds.observe(time.perf_counter() - start)
-        return out.tolist()
+        return self._run(unpack_features(features, self.onnx.contract)).tolist()
 
 
 Heimdall.add_asgi_middleware(

@@ -19,7 +19,10 @@ class Settings(BaseSettings):
     )
     cache_retry_s: float = Field(5.0, gt=0, le=600, description="pause before Redis is tried again after a fault")
     local_cache_entries: int = Field(10_000, ge=0, le=10_000_000, description="in-process cache size, entries")
-    max_batch_size: int = Field(64, ge=1, le=1024, description="adaptive batcher: most rows in one ONNX run")
+    adaptive_batching: bool = Field(
+        True, description="batch concurrent requests through BentoML's batcher; false calls the model per request"
+    )
+    max_batch_size: int = Field(64, ge=2, le=1024, description="adaptive batcher: most rows in one ONNX run")
     max_latency_ms: int = Field(50, ge=1, le=60_000, description="adaptive batcher: latency budget, ms")
     onnx_threads: int = Field(1, ge=1, le=64, description="onnxruntime intra-op threads per worker")
     workers: int = Field(2, ge=1, le=64, description="BentoML worker processes")

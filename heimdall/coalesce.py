@@ -1,0 +1,52 @@
+"""Coalesces concurrent single-row inference calls into few batch calls.
+
+Each call to the service's batchable API goes through BentoML's in-process
+HTTP proxy, which costs several times more CPU than the model itself does
+for one row. Funnelling the rows that arrive while a call is in flight into
+the next call amortizes that cost; BentoML's adaptive batcher then merges the
+calls that overlap. There is no timer: an idle service sends a row at once,
+a busy one sends bigger batches.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+
+import numpy as np
+
+BatchCall = Callable[[list[np.ndarray]], Awaitable[np.ndarray]]
+
+
+class Coalescer:
+    def __init__(self, call: BatchCall, max_in_flight: int = 2, max_rows: int = 64) -> None:
+        self._call = call
+        self._max_in_flight = max_in_flight
+        self._max_rows = max_rows
+        self._queue: list[tuple[np.ndarray, asyncio.Future[np.ndarray]]] = []
+        self._in_flight = 0
+
+    async def __call__(self, row: np.ndarray) -> np.ndarray:
+        future: asyncio.Future[np.ndarray] = asyncio.get_running_loop().create_future()
+        self._queue.append((row, future))
+        if self._in_flight < self._max_in_flight:
+            self._in_flight += 1
+            asyncio.get_running_loop().create_task(self._drain())
+        return await future
+
+    async def _drain(self) -> None:
+        try:
+            while self._queue:
+                batch, self._queue = self._queue[: self._max_rows], self._queue[self._max_rows :]
+                try:
+                    out = await self._call([row for row, _ in batch])
+                except Exception as exc:  # every caller of this batch sees the failure
+                    for _, future in batch:
+                        if not future.done():
+                            future.set_exception(exc)
+                    continue
+                for (_, future), result in zip(batch, out, strict=True):
+                    if not future.done():  # a cancelled caller no longer waits
+                        future.set_result(result)
+        finally:
+            self._in_flight -= 1

@@ -1,0 +1,232 @@
+"""Throughput and latency benchmark for the canonical capture set (7 receivers x 4096 samples).
+
+Prints, from one run on this machine:
+  (a) the in-process limit: decode + preprocess + ONNX at the best batch size, one core;
+  (b) the framework floor: a do-nothing BentoML API receiving the same body;
+  (c) the service's cache-miss throughput over HTTP, base64 int16 body (adaptive batching,
+      and again with adaptive_batching=false, i.e. the model called per request);
+  (d) the same with JSON [[I, Q], ...] lists;
+  (e) cache-hit latency, at the server and at the client.
+
+Usage: python load/bench.py [--seconds 8] [--concurrency 32]
+Needs the model imported into the BentoML store (`make model`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import aiohttp
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from heimdall.contract import Contract, FeatureExtractor  # noqa: E402
+from heimdall.decode import decode_captures  # noqa: E402
+from heimdall.examples import example_captures  # noqa: E402
+from heimdall.inference import OnnxLocalizer  # noqa: E402
+
+CAPTURES = example_captures()
+
+
+class Bodies:
+    """Request bodies that differ in their first IQ sample, so each one is a cache miss."""
+
+    def __init__(self, form: str) -> None:
+        self.form = form
+        first, *rest = CAPTURES.items()
+        self.station, self.iq = first
+        if form == "pairs":
+            others = [{"station": s, "iq": v.reshape(-1, 2).tolist()} for s, v in rest]
+            head_pairs = json.dumps(self.iq.reshape(-1, 2)[1:].tolist())[1:]  # "[..], [..]]"
+            self.prefix = f'{{"captures": [{{"station": "{self.station}", "iq": [['.encode()
+            self.suffix = ("], " + head_pairs + "}, " + json.dumps(others)[1:-1] + '], "encoding": "int16"}').encode()
+        else:
+            others = [{"station": s, "iq": base64.b64encode(v.tobytes()).decode()} for s, v in rest]
+            encoded = base64.b64encode(self.iq.tobytes()).decode()
+            self.prefix = f'{{"captures": [{{"station": "{self.station}", "iq": "'.encode()
+            self.tail = encoded[8:]  # everything after the first 6 bytes (3 int16)
+            self.suffix = (self.tail + '"}, ' + json.dumps(others)[1:-1] + '], "encoding": "int16"}').encode()
+
+    def body(self, k: int, use_cache: bool = True) -> bytes:
+        i, q = k % 60_000 - 30_000, (k // 60_000) % 30_000
+        if self.form == "pairs":
+            core = f"{i}, {q}".encode()
+        else:
+            head = np.array([i, q, self.iq[2]], dtype="<i2").tobytes()
+            core = base64.b64encode(head)
+        body = self.prefix + core + self.suffix
+        return body if use_cache else body[:-1] + b', "use_cache": false}'
+
+
+def in_process_limit(repeats: int = 3) -> tuple[int, float, dict[int, float]]:
+    """(a): captures per second on one core for the whole in-process pipeline, by batch size."""
+    model_dir = Path(subprocess.check_output(
+        [sys.executable, "-c", "import bentoml; print(bentoml.models.get('heimdall-localizer:latest').path)"],
+        text=True,
+    ).strip())
+    contract = Contract.load(model_dir / "contract.json")
+    extractor = FeatureExtractor(contract)
+    onnx = OnnxLocalizer(model_dir / "model.onnx", contract, threads=1)
+    pairs = [(s, base64.b64encode(v.tobytes()).decode()) for s, v in CAPTURES.items()]
+    rates = {}
+    for batch in (1, 4, 16, 64):
+        best = 0.0
+        for _ in range(repeats):
+            start = time.perf_counter()
+            n = 0
+            while time.perf_counter() - start < 1.0:
+                feats = np.stack([
+                    extractor.capture_set(decode_captures(pairs, "int16", contract, 65536).iq) for _ in range(batch)
+                ])
+                onnx.run(feats)
+                n += batch
+            best = max(best, n / (time.perf_counter() - start))
+        rates[batch] = best
+    best_batch = max(rates, key=rates.get)
+    return best_batch, rates[best_batch], rates
+
+
+def decode_costs() -> tuple[float, float]:
+    """Milliseconds to decode one 4096-sample receiver from JSON lists and from base64 int16."""
+    contract = Contract()
+    as_lists = [(s, v.reshape(-1, 2).tolist()) for s, v in CAPTURES.items()]
+    as_b64 = [(s, base64.b64encode(v.tobytes()).decode()) for s, v in CAPTURES.items()]
+    out = []
+    for pairs in (as_lists, as_b64):
+        n, start = 0, time.perf_counter()
+        while time.perf_counter() - start < 1.0:
+            decode_captures(pairs, "int16", contract, 65536)
+            n += 1
+        out.append((time.perf_counter() - start) / n / len(pairs) * 1e3)
+    return out[0], out[1]
+
+
+async def _load(url: str, bodies: Bodies | None, fixed: bytes | None, seconds: float, concurrency: int,
+                use_cache: bool) -> dict:
+    latencies: list[float] = []
+    server_ms: list[float] = []
+    failures = 0
+    counter = iter(range(10**9))
+    deadline = 0.0
+
+    async def worker(session: aiohttp.ClientSession, record: bool) -> None:
+        nonlocal failures
+        while time.perf_counter() < deadline:
+            body = fixed if fixed is not None else bodies.body(next(counter), use_cache)
+            start = time.perf_counter()
+            async with session.post(url, data=body, headers={"content-type": "application/json"}) as r:
+                payload = await r.read()
+            if not record:
+                continue
+            latencies.append(time.perf_counter() - start)
+            if r.status != 200:
+                failures += 1
+            elif fixed is not None and b"server_ms" in payload:
+                server_ms.append(json.loads(payload)["server_ms"])
+
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        deadline = time.perf_counter() + 2.0  # warm-up, not counted (batcher warm-up, connections)
+        await asyncio.gather(*(worker(session, False) for _ in range(concurrency)))
+        deadline = time.perf_counter() + seconds
+        start = time.perf_counter()
+        await asyncio.gather(*(worker(session, True) for _ in range(concurrency)))
+        elapsed = time.perf_counter() - start
+    q = statistics.quantiles(latencies, n=100) if len(latencies) > 1 else [float("nan")] * 99
+    result = {"rps": len(latencies) / elapsed, "p50_ms": q[49] * 1e3, "p95_ms": q[94] * 1e3, "failures": failures}
+    if server_ms:
+        sq = statistics.quantiles(server_ms, n=100)
+        result.update(server_p50_ms=sq[49], server_p95_ms=sq[94])
+    return result
+
+
+class Server:
+    def __init__(self, target: str, port: int, env: dict[str, str]) -> None:
+        self.port = port
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "bentoml", "serve", target, "--port", str(port)],
+            cwd=ROOT, env={**os.environ, **env}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+
+    def __enter__(self) -> Server:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/readyz", timeout=1) as r:
+                    if r.status == 200:
+                        return self
+            except OSError:
+                time.sleep(0.3)
+        raise TimeoutError(f"server on port {self.port} not ready")
+
+    def __exit__(self, *exc: object) -> None:
+        os.killpg(self.proc.pid, signal.SIGTERM)
+        self.proc.wait(timeout=30)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=float, default=8.0)
+    parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--port", type=int, default=3210)
+    args = parser.parse_args()
+    run = lambda url, bodies=None, fixed=None, use_cache=True: asyncio.run(  # noqa: E731
+        _load(url, bodies, fixed, args.seconds, args.concurrency, use_cache))
+    url = f"http://127.0.0.1:{args.port}/predict"
+    rows = []
+
+    print("(a) in-process pipeline, one core ...", flush=True)
+    best_batch, limit, by_batch = in_process_limit()
+    json_ms, b64_ms = decode_costs()
+    rows.append(("(a) in-process limit, batch " + str(best_batch), f"{limit:,.0f} captures/s", ""))
+
+    print("(b) framework floor ...", flush=True)
+    with Server("load/floor_service.py:Floor", args.port, {}):
+        floor = run(url, fixed=Bodies("int16").body(0))
+    rows.append(("(b) framework floor (do-nothing API)", f"{floor['rps']:,.0f} req/s", f"p95 {floor['p95_ms']:.1f} ms"))
+
+    print("(c)-(e) service ...", flush=True)
+    with Server("service:Heimdall", args.port, {}):
+        miss_b64 = run(url, bodies=Bodies("int16"))
+        miss_json = run(url, bodies=Bodies("pairs"))
+        hit = run(url, fixed=Bodies("int16").body(10**6))
+    with Server("service:Heimdall", args.port, {"HEIMDALL_ADAPTIVE_BATCHING": "false"}):
+        per_request = run(url, bodies=Bodies("int16"))
+
+    floor_ref = min(limit, floor["rps"])
+    rows += [
+        ("(c) cache miss, base64 int16, adaptive batching", f"{miss_b64['rps']:,.0f} req/s",
+         f"p95 {miss_b64['p95_ms']:.1f} ms; {miss_b64['rps'] / floor_ref:.0%} of min(a, b)"),
+        ("(c') cache miss, base64 int16, model called per request", f"{per_request['rps']:,.0f} req/s",
+         f"p95 {per_request['p95_ms']:.1f} ms; batching gives x{miss_b64['rps'] / per_request['rps']:.2f}"),
+        ("(d) cache miss, JSON [[I, Q], ...] lists", f"{miss_json['rps']:,.0f} req/s", f"p95 {miss_json['p95_ms']:.1f} ms"),
+        ("(e) cache hit", f"{hit['rps']:,.0f} req/s",
+         f"server p50 {hit['server_p50_ms']:.2f} ms, p95 {hit['server_p95_ms']:.2f} ms; client p95 {hit['p95_ms']:.1f} ms"),
+        ("decode one 4096-sample receiver", f"JSON {json_ms:.3f} ms, base64 {b64_ms:.4f} ms",
+         f"binary x{json_ms / b64_ms:.0f} cheaper"),
+    ]
+    failures = sum(r["failures"] for r in (floor, miss_b64, miss_json, hit, per_request))
+    print(f"\nconcurrency {args.concurrency}, {args.seconds:.0f} s per measurement, {os.cpu_count()} cores, "
+          f"failures {failures}; in-process by batch size: "
+          + ", ".join(f"{b}: {r:,.0f}/s" for b, r in by_batch.items()))
+    print("| measurement | throughput | notes |\n|---|---|---|")
+    for row in rows:
+        print("| " + " | ".join(row) + " |")
+
+
+if __name__ == "__main__":
+    main()
