@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import time
 
 import bentoml
@@ -52,6 +53,10 @@ class Heimdall:
         )
         infer = Coalescer(self._infer_batched) if settings.adaptive_batching else self._infer_direct
         self.localizer = Localizer(served, settings, self.metrics, infer)
+        # What exists now lives as long as the worker. Freezing it keeps the garbage
+        # collector from re-scanning ~250k framework objects whenever a request
+        # allocates many (a JSON-lists capture set allocates ~60k): 4x faster here.
+        gc.freeze()
 
     async def _infer_batched(self, rows: list[np.ndarray]) -> np.ndarray:
         return np.asarray(await self.to_async.infer([pack_features(r) for r in rows]))
