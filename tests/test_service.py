@@ -101,8 +101,9 @@ def test_concurrent_requests_each_get_their_own_answer(served):
     serial = [client.post("/predict", json=p).json() for p in payloads]
     with ThreadPoolExecutor(12) as pool:
         parallel = list(pool.map(lambda p: client.post("/predict", json=p).json(), payloads))
+    # A batched ONNX run may round float32 differently from a single row: agree to ~10 cm (a float32 ulp at 100 km is 8 mm).
     for a, b in zip(serial, parallel, strict=True):
-        assert (a["lat"], a["lon"]) == pytest.approx((b["lat"], b["lon"]), abs=1e-9)
+        assert (a["lat"], a["lon"]) == pytest.approx((b["lat"], b["lon"]), abs=1e-6)
     assert len({(a["lat"], a["lon"]) for a in parallel}) == len(payloads)
 
 
