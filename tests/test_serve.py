@@ -35,10 +35,11 @@ class Serve:
             "HEIMDALL_MAX_LATENCY_MS": "200",
         }
         self.log = log
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "bentoml", "serve", "service:Heimdall", "--port", str(self.port)],
-            cwd=ROOT, env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT, start_new_session=True,
-        )
+        with log.open("wb") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "bentoml", "serve", "service:Heimdall", "--port", str(self.port)],
+                cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+            )
         wait_until(self._ready, 90, "bentoml serve")
 
     def _ready(self) -> bool:
