@@ -87,6 +87,19 @@ def _release(args: argparse.Namespace) -> None:
         print(f"       (copy it there: bentoml export {done.bento_tag} heimdall.bento; bentoml import)")
 
 
+def _example(args: argparse.Namespace) -> None:
+    import json
+
+    from heimdall.examples import example_captures, octet_body, request_body
+
+    if args.form == "octets":
+        body, stations = octet_body(example_captures())
+        sys.stdout.buffer.write(body)
+        print(f"stations={stations}", file=sys.stderr)
+    else:
+        print(json.dumps(request_body(example_captures(), args.form)))
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="heimdall", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -132,6 +145,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--project-dir", type=Path, help="checkout with bentofile.yaml (default: this one)")
     p.add_argument("--no-image", action="store_true", help="stop after building the Bento")
     p.set_defaults(run=_release)
+
+    p = commands.add_parser("example", help="print the example capture set as a POST /predict body")
+    p.add_argument("--form", choices=["int16", "pairs", "octets"], default="int16",
+                   help="base64 int16 (default), JSON [[I, Q], ...] pairs, or raw octets for /v1/predict/raw")
+    p.set_defaults(run=_example)
     return parser
 
 
