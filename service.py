@@ -96,7 +96,9 @@ class Heimdall:
         """Locate 1-100 capture sets; a bad item gets its own error without failing the others."""
         return await self.localizer.predict_batch(items, confidence_level, use_cache)
 
-    @bentoml.api(batchable=True, max_batch_size=settings.max_batch_size, max_latency_ms=settings.max_latency_ms)
+    @bentoml.api(
+        batchable=True, max_batch_size=settings.max_batch_size, max_latency_ms=settings.max_latency_ms
+    )
     def infer(self, features: list[str]) -> list[list[float]]:
         """Adaptive-batched ONNX run over packed feature tensors (internal wire form)."""
         return self._run(unpack_features(features, self.onnx.contract)).tolist()

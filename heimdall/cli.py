@@ -147,8 +147,12 @@ def _parser() -> argparse.ArgumentParser:
     p.set_defaults(run=_release)
 
     p = commands.add_parser("example", help="print the example capture set as a POST /predict body")
-    p.add_argument("--form", choices=["int16", "pairs", "octets"], default="int16",
-                   help="base64 int16 (default), JSON [[I, Q], ...] pairs, or raw octets for /v1/predict/raw")
+    p.add_argument(
+        "--form",
+        choices=["int16", "pairs", "octets"],
+        default="int16",
+        help="base64 int16 (default), JSON [[I, Q], ...] pairs, or raw octets for /v1/predict/raw",
+    )
     p.set_defaults(run=_example)
     return parser
 

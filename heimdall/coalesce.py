@@ -4,8 +4,8 @@ Each call to the service's batchable API goes through BentoML's in-process
 HTTP proxy, which costs several times more CPU than the model itself does
 for one row. Funnelling the rows that arrive while a call is in flight into
 the next call amortizes that cost; BentoML's adaptive batcher then merges the
-calls that overlap. There is no timer: an idle service sends a row at once,
-a busy one sends bigger batches.
+calls that overlap (up to `max_in_flight` at a time). There is no timer: an
+idle service sends a row at once, a busy one sends bigger batches.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ BatchCall = Callable[[list[np.ndarray]], Awaitable[np.ndarray]]
 
 
 class Coalescer:
-    def __init__(self, call: BatchCall, max_in_flight: int = 2, max_rows: int = 64) -> None:
+    def __init__(self, call: BatchCall, max_in_flight: int = 4, max_rows: int = 64) -> None:
         self._call = call
         self._max_in_flight = max_in_flight
         self._max_rows = max_rows

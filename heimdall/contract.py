@@ -50,7 +50,8 @@ class FeatureSpec(_Frozen):
     n_frames: int = Field(31, description="frames of a 4096-sample capture: 1 + (4096 - 256) // 128")
     crop_pad: Literal["first-frames-wrap"] = Field(
         "first-frames-wrap",
-        description="longer captures keep their first n_frames frames; shorter ones repeat their frames cyclically",
+        description="longer captures keep their first n_frames frames; "
+        "shorter ones repeat their frames cyclically",
     )
     db_floor: float = Field(-140.0, description="power floor, dB full scale")
     # Defaults: mean and standard deviation of heard log-mel power (dBFS) over the

@@ -39,11 +39,7 @@ def geodetic_to_enu(lat_deg, lon_deg, ref_lat_deg: float, ref_lon_deg: float):
     dx, dy, dz = x - x0, y - y0, z - z0
     lat0, lon0 = math.radians(ref_lat_deg), math.radians(ref_lon_deg)
     east = -math.sin(lon0) * dx + math.cos(lon0) * dy
-    north = (
-        -math.sin(lat0) * math.cos(lon0) * dx
-        - math.sin(lat0) * math.sin(lon0) * dy
-        + math.cos(lat0) * dz
-    )
+    north = -math.sin(lat0) * math.cos(lon0) * dx - math.sin(lat0) * math.sin(lon0) * dy + math.cos(lat0) * dz
     return east, north
 
 

@@ -38,7 +38,10 @@ def _query(request: Request, name: str, adapter: TypeAdapter, default: Any, expe
 def error_response(exc: InputError) -> JSONResponse:
     """The one place a refused input becomes HTTP: 400 with the field, the value and what was expected."""
     body = {
-        "error": str(exc), "field": exc.field, "received": exc.received, "expected": exc.expected,
+        "error": str(exc),
+        "field": exc.field,
+        "received": exc.received,
+        "expected": exc.expected,
         "reason": exc.reason,
     }
     return JSONResponse(body, status_code=400)
@@ -138,7 +141,10 @@ class BodyLimit:
             {
                 "type": "http.response.start",
                 "status": 413,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())],
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(payload)).encode()),
+                ],
             }
         )
         await send({"type": "http.response.body", "body": payload})

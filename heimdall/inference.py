@@ -40,7 +40,10 @@ class OnnxLocalizer:
         self._outputs = [contract.io.mean, contract.io.covariance]
 
     def run(self, features: np.ndarray) -> np.ndarray:
-        """(batch, receivers, mels, frames) float32 -> (batch, 5) float64: east, north, sigma_e, sigma_n, rho."""
+        """(batch, receivers, mels, frames) float32 -> (batch, 5) float64.
+
+        Columns: east (m), north (m), sigma east (m), sigma north (m), correlation.
+        """
         mean, cov = self.session.run(self._outputs, {self.contract.io.input: features})
         return np.concatenate([mean, cov], axis=1).astype(np.float64)
 
@@ -49,7 +52,9 @@ class OnnxLocalizer:
         features = np.zeros((1, *self.contract.input_shape), dtype=np.float32)
         features[:, : self.contract.min_receivers] = 1.0
         out = ModelOutput(*self.run(features)[0])
-        if not (np.isfinite(out).all() and out.sigma_east_m > 0 and out.sigma_north_m > 0 and abs(out.rho) < 1):
+        if not (
+            np.isfinite(out).all() and out.sigma_east_m > 0 and out.sigma_north_m > 0 and abs(out.rho) < 1
+        ):
             raise RuntimeError(f"warm-up inference gave an invalid estimate: {out}")
         return out
 
@@ -75,7 +80,10 @@ def unpack_features(blobs: list[str], contract: Contract) -> np.ndarray:
             raise InputError(f"features[{i}]", blob, "base64 of little-endian float32", "bad_base64") from exc
         if len(raw) != expected_bytes:
             raise InputError(
-                f"features[{i}]", f"{len(raw)} bytes", f"{expected_bytes} bytes (float32 {shape})", "bad_shape"
+                f"features[{i}]",
+                f"{len(raw)} bytes",
+                f"{expected_bytes} bytes (float32 {shape})",
+                "bad_shape",
             )
         out[i] = np.frombuffer(raw, dtype="<f4").reshape(shape)
     if not np.isfinite(out).all():

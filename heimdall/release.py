@@ -172,9 +172,9 @@ def build_bento(model: bentoml.Model, project_dir: Path = PROJECT_DIR) -> tuple[
     )
     # service.py reads HEIMDALL_MODEL_TAG when imported; reload it so the build references this model.
     with _env("HEIMDALL_MODEL_TAG", model_tag), _step(f"Building Bento {tag}"):
-        Bento.create(
-            build_config=config, version=tag.version, build_ctx=str(project_dir), reload=True
-        ).save(BentoMLContainer.bento_store.get())
+        Bento.create(build_config=config, version=tag.version, build_ctx=str(project_dir), reload=True).save(
+            BentoMLContainer.bento_store.get()
+        )
     return bentoml.bentos.get(tag), False
 
 
@@ -196,7 +196,15 @@ def containerize(bento_tag: str, engine: str) -> str:
     """Run `bentoml containerize` with `engine`; return the image tag."""
     image = f"{IMAGE_REPOSITORY}:{bento_tag.partition(':')[2]}"
     command = [
-        sys.executable, "-m", "bentoml", "containerize", bento_tag, "--backend", engine, "--image-tag", image,
+        sys.executable,
+        "-m",
+        "bentoml",
+        "containerize",
+        bento_tag,
+        "--backend",
+        engine,
+        "--image-tag",
+        image,
     ]
     _console.print(f"[bold]$ {escape(' '.join(command[2:]))}[/]", highlight=False)
     if subprocess.run(command).returncode != 0:

@@ -35,7 +35,9 @@ class Uncertainty(BaseModel):
     correlation: float
     semi_major_m: float
     semi_minor_m: float
-    orientation_deg: float = Field(description="bearing of the major axis, degrees clockwise from north, [0, 180)")
+    orientation_deg: float = Field(
+        description="bearing of the major axis, degrees clockwise from north, [0, 180)"
+    )
     confidence_level: float
     area_km2: float
 

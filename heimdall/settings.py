@@ -17,17 +17,27 @@ class Settings(BaseSettings):
     cache_timeout_ms: float = Field(
         50.0, gt=0, le=5000, description="longest a request waits on Redis before serving uncached"
     )
-    cache_retry_s: float = Field(5.0, gt=0, le=600, description="pause before Redis is tried again after a fault")
-    local_cache_entries: int = Field(10_000, ge=0, le=10_000_000, description="in-process cache size, entries")
+    cache_retry_s: float = Field(
+        5.0, gt=0, le=600, description="pause before Redis is tried again after a fault"
+    )
+    local_cache_entries: int = Field(
+        10_000, ge=0, le=10_000_000, description="in-process cache size, entries"
+    )
     adaptive_batching: bool = Field(
-        True, description="batch concurrent requests through BentoML's batcher; false calls the model per request"
+        True,
+        description="batch concurrent requests through BentoML's batcher; false calls the model per request",
     )
     max_batch_size: int = Field(64, ge=2, le=1024, description="adaptive batcher: most rows in one ONNX run")
-    max_latency_ms: int = Field(50, ge=1, le=60_000, description="adaptive batcher: latency budget, ms")
+    max_latency_ms: int = Field(
+        250, ge=1, le=60_000, description="adaptive batcher: latency budget, ms; it answers 503 beyond it"
+    )
     onnx_threads: int = Field(1, ge=1, le=64, description="onnxruntime intra-op threads per worker")
     workers: int = Field(2, ge=1, le=64, description="BentoML worker processes")
     max_body_bytes: int = Field(
-        16 * 1024 * 1024, ge=1024, le=1024**3, description="largest request body, bytes, refused before parsing"
+        16 * 1024 * 1024,
+        ge=1024,
+        le=1024**3,
+        description="largest request body, bytes, refused before parsing",
     )
     max_samples: int = Field(65_536, ge=256, description="most IQ samples per receiver")
     max_batch_items: int = Field(100, ge=1, le=10_000, description="most capture sets in one batch request")

@@ -52,7 +52,9 @@ class Bodies:
             others = [{"station": s, "iq": v.reshape(-1, 2).tolist()} for s, v in rest]
             head_pairs = json.dumps(self.iq.reshape(-1, 2)[1:].tolist())[1:]  # "[..], [..]]"
             self.prefix = f'{{"captures": [{{"station": "{self.station}", "iq": [['.encode()
-            self.suffix = ("], " + head_pairs + "}, " + json.dumps(others)[1:-1] + '], "encoding": "int16"}').encode()
+            self.suffix = (
+                "], " + head_pairs + "}, " + json.dumps(others)[1:-1] + '], "encoding": "int16"}'
+            ).encode()
         else:
             others = [{"station": s, "iq": base64.b64encode(v.tobytes()).decode()} for s, v in rest]
             encoded = base64.b64encode(self.iq.tobytes()).decode()
@@ -60,23 +62,28 @@ class Bodies:
             self.tail = encoded[8:]  # everything after the first 6 bytes (3 int16)
             self.suffix = (self.tail + '"}, ' + json.dumps(others)[1:-1] + '], "encoding": "int16"}').encode()
 
-    def body(self, k: int, use_cache: bool = True) -> bytes:
+    def body(self, k: int) -> bytes:
         i, q = k % 60_000 - 30_000, (k // 60_000) % 30_000
         if self.form == "pairs":
             core = f"{i}, {q}".encode()
         else:
             head = np.array([i, q, self.iq[2]], dtype="<i2").tobytes()
             core = base64.b64encode(head)
-        body = self.prefix + core + self.suffix
-        return body if use_cache else body[:-1] + b', "use_cache": false}'
+        return self.prefix + core + self.suffix
 
 
 def in_process_limit(repeats: int = 3) -> tuple[int, float, dict[int, float]]:
     """(a): captures per second on one core for the whole in-process pipeline, by batch size."""
-    model_dir = Path(subprocess.check_output(
-        [sys.executable, "-c", "import bentoml; print(bentoml.models.get('heimdall-localizer:latest').path)"],
-        text=True,
-    ).strip())
+    model_dir = Path(
+        subprocess.check_output(
+            [
+                sys.executable,
+                "-c",
+                "import bentoml; print(bentoml.models.get('heimdall-localizer:latest').path)",
+            ],
+            text=True,
+        ).strip()
+    )
     contract = Contract.load(model_dir / "contract.json")
     extractor = FeatureExtractor(contract)
     onnx = OnnxLocalizer(model_dir / "model.onnx", contract, threads=1)
@@ -88,9 +95,12 @@ def in_process_limit(repeats: int = 3) -> tuple[int, float, dict[int, float]]:
             start = time.perf_counter()
             n = 0
             while time.perf_counter() - start < 1.0:
-                feats = np.stack([
-                    extractor.capture_set(decode_captures(pairs, "int16", contract, 65536).iq) for _ in range(batch)
-                ])
+                feats = np.stack(
+                    [
+                        extractor.capture_set(decode_captures(pairs, "int16", contract, 65536).iq)
+                        for _ in range(batch)
+                    ]
+                )
                 onnx.run(feats)
                 n += batch
             best = max(best, n / (time.perf_counter() - start))
@@ -114,8 +124,9 @@ def decode_costs() -> tuple[float, float]:
     return out[0], out[1]
 
 
-async def _load(url: str, bodies: Bodies | None, fixed: bytes | None, seconds: float, concurrency: int,
-                use_cache: bool) -> dict:
+async def _load(
+    url: str, bodies: Bodies | None, fixed: bytes | None, seconds: float, concurrency: int
+) -> dict:
     latencies: list[float] = []
     server_ms: list[float] = []
     failures = 0
@@ -125,7 +136,7 @@ async def _load(url: str, bodies: Bodies | None, fixed: bytes | None, seconds: f
     async def worker(session: aiohttp.ClientSession, record: bool) -> None:
         nonlocal failures
         while time.perf_counter() < deadline:
-            body = fixed if fixed is not None else bodies.body(next(counter), use_cache)
+            body = fixed if fixed is not None else bodies.body(next(counter))
             start = time.perf_counter()
             async with session.post(url, data=body, headers={"content-type": "application/json"}) as r:
                 payload = await r.read()
@@ -146,7 +157,12 @@ async def _load(url: str, bodies: Bodies | None, fixed: bytes | None, seconds: f
         await asyncio.gather(*(worker(session, True) for _ in range(concurrency)))
         elapsed = time.perf_counter() - start
     q = statistics.quantiles(latencies, n=100) if len(latencies) > 1 else [float("nan")] * 99
-    result = {"rps": len(latencies) / elapsed, "p50_ms": q[49] * 1e3, "p95_ms": q[94] * 1e3, "failures": failures}
+    result = {
+        "rps": len(latencies) / elapsed,
+        "p50_ms": q[49] * 1e3,
+        "p95_ms": q[94] * 1e3,
+        "failures": failures,
+    }
     if server_ms:
         sq = statistics.quantiles(server_ms, n=100)
         result.update(server_p50_ms=sq[49], server_p95_ms=sq[94])
@@ -158,7 +174,10 @@ class Server:
         self.port = port
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "bentoml", "serve", target, "--port", str(port)],
-            cwd=ROOT, env={**os.environ, **env}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            cwd=ROOT,
+            env={**os.environ, **env},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
             start_new_session=True,
         )
 
@@ -179,13 +198,20 @@ class Server:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--seconds", type=float, default=8.0)
-    parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--concurrency", type=int, default=32, help="connections for throughput runs")
+    parser.add_argument(
+        "--latency-concurrency", type=int, default=4, help="connections for the cache-hit run"
+    )
     parser.add_argument("--port", type=int, default=3210)
     args = parser.parse_args()
-    run = lambda url, bodies=None, fixed=None, use_cache=True: asyncio.run(  # noqa: E731
-        _load(url, bodies, fixed, args.seconds, args.concurrency, use_cache))
+
+    def run(url, bodies=None, fixed=None, concurrency=args.concurrency):
+        return asyncio.run(_load(url, bodies, fixed, args.seconds, concurrency))
+
     url = f"http://127.0.0.1:{args.port}/predict"
     rows = []
 
@@ -197,32 +223,57 @@ def main() -> None:
     print("(b) framework floor ...", flush=True)
     with Server("load/floor_service.py:Floor", args.port, {}):
         floor = run(url, fixed=Bodies("int16").body(0))
-    rows.append(("(b) framework floor (do-nothing API)", f"{floor['rps']:,.0f} req/s", f"p95 {floor['p95_ms']:.1f} ms"))
+    rows.append(
+        (
+            "(b) framework floor (do-nothing API)",
+            f"{floor['rps']:,.0f} req/s",
+            f"p95 {floor['p95_ms']:.1f} ms",
+        )
+    )
 
     print("(c)-(e) service ...", flush=True)
     with Server("service:Heimdall", args.port, {}):
         miss_b64 = run(url, bodies=Bodies("int16"))
         miss_json = run(url, bodies=Bodies("pairs"))
-        hit = run(url, fixed=Bodies("int16").body(10**6))
+        hit = run(url, fixed=Bodies("int16").body(10**6), concurrency=args.latency_concurrency)
     with Server("service:Heimdall", args.port, {"HEIMDALL_ADAPTIVE_BATCHING": "false"}):
         per_request = run(url, bodies=Bodies("int16"))
 
     floor_ref = min(limit, floor["rps"])
     rows += [
-        ("(c) cache miss, base64 int16, adaptive batching", f"{miss_b64['rps']:,.0f} req/s",
-         f"p95 {miss_b64['p95_ms']:.1f} ms; {miss_b64['rps'] / floor_ref:.0%} of min(a, b)"),
-        ("(c') cache miss, base64 int16, model called per request", f"{per_request['rps']:,.0f} req/s",
-         f"p95 {per_request['p95_ms']:.1f} ms; batching gives x{miss_b64['rps'] / per_request['rps']:.2f}"),
-        ("(d) cache miss, JSON [[I, Q], ...] lists", f"{miss_json['rps']:,.0f} req/s", f"p95 {miss_json['p95_ms']:.1f} ms"),
-        ("(e) cache hit", f"{hit['rps']:,.0f} req/s",
-         f"server p50 {hit['server_p50_ms']:.2f} ms, p95 {hit['server_p95_ms']:.2f} ms; client p95 {hit['p95_ms']:.1f} ms"),
-        ("decode one 4096-sample receiver", f"JSON {json_ms:.3f} ms, base64 {b64_ms:.4f} ms",
-         f"binary x{json_ms / b64_ms:.0f} cheaper"),
+        (
+            "(c) cache miss, base64 int16, adaptive batching",
+            f"{miss_b64['rps']:,.0f} req/s",
+            f"p95 {miss_b64['p95_ms']:.1f} ms; {miss_b64['rps'] / floor_ref:.0%} of min(a, b)",
+        ),
+        (
+            "(c') cache miss, base64 int16, model called per request",
+            f"{per_request['rps']:,.0f} req/s",
+            f"p95 {per_request['p95_ms']:.1f} ms; batching gives x{miss_b64['rps'] / per_request['rps']:.2f}",
+        ),
+        (
+            "(d) cache miss, JSON [[I, Q], ...] lists",
+            f"{miss_json['rps']:,.0f} req/s",
+            f"p95 {miss_json['p95_ms']:.1f} ms",
+        ),
+        (
+            f"(e) cache hit, {args.latency_concurrency} connections",
+            f"{hit['rps']:,.0f} req/s",
+            f"server p50 {hit['server_p50_ms']:.2f} ms, p95 {hit['server_p95_ms']:.2f} ms; "
+            f"client p95 {hit['p95_ms']:.1f} ms",
+        ),
+        (
+            "decode one 4096-sample receiver",
+            f"JSON {json_ms:.3f} ms, base64 {b64_ms:.4f} ms",
+            f"binary x{json_ms / b64_ms:.0f} cheaper",
+        ),
     ]
     failures = sum(r["failures"] for r in (floor, miss_b64, miss_json, hit, per_request))
-    print(f"\nconcurrency {args.concurrency}, {args.seconds:.0f} s per measurement, {os.cpu_count()} cores, "
-          f"failures {failures}; in-process by batch size: "
-          + ", ".join(f"{b}: {r:,.0f}/s" for b, r in by_batch.items()))
+    print(
+        f"\nconcurrency {args.concurrency}, {args.seconds:.0f} s per measurement, {os.cpu_count()} cores, "
+        f"failures {failures}; in-process by batch size: "
+        + ", ".join(f"{b}: {r:,.0f}/s" for b, r in by_batch.items())
+    )
     print("| measurement | throughput | notes |\n|---|---|---|")
     for row in rows:
         print("| " + " | ".join(row) + " |")

@@ -61,8 +61,10 @@ def _prepare(environment, **_kwargs) -> None:
     )
     start = time.perf_counter()
     POOL = CaptureSets(opts.scenes, opts.seed, forms)
-    print(f"heimdall: {opts.scenes} scenes encoded as {forms} in {time.perf_counter() - start:.1f} s",
-          file=sys.stderr)
+    print(
+        f"heimdall: {opts.scenes} scenes encoded as {forms} in {time.perf_counter() - start:.1f} s",
+        file=sys.stderr,
+    )
     weighted = [HeimdallUser.predict] * opts.single_weight + [HeimdallUser.batch] * opts.batch_weight
     HeimdallUser.tasks = weighted
 
@@ -103,8 +105,9 @@ class HeimdallUser(FastHttpUser):
     def predict(self) -> None:
         key, repeated = POOL.pick(self.environment.parsed_options.repeat_share)
         form = self._form()
-        with self.client.post("/predict", data=POOL.body(key, form), headers=JSON,
-                              name=f"/predict {form}", catch_response=True) as r:
+        with self.client.post(
+            "/predict", data=POOL.body(key, form), headers=JSON, name=f"/predict {form}", catch_response=True
+        ) as r:
             try:
                 cached = self._count(key, repeated, r.json())
             except (ValueError, KeyError, TypeError):
@@ -119,8 +122,9 @@ class HeimdallUser(FastHttpUser):
         form = self._form()
         picks = [POOL.pick(opts.repeat_share) for _ in range(opts.batch_items)]
         body = b'{"items": [' + b", ".join(POOL.body(k, form) for k, _ in picks) + b"]}"
-        with self.client.post("/predict/batch", data=body, headers=JSON,
-                              name=f"/predict/batch {form}", catch_response=True) as r:
+        with self.client.post(
+            "/predict/batch", data=body, headers=JSON, name=f"/predict/batch {form}", catch_response=True
+        ) as r:
             try:
                 items = r.json()["items"]
                 for (key, repeated), item in zip(picks, items, strict=True):
@@ -180,8 +184,11 @@ def _gate(environment, **_kwargs) -> None:
     a, h, m = result["all"], result["hits"], result["misses"]
     checks = "  ".join(f"[{'x' if ok else ' '}] {name}" for name, ok in result["checks"].items())
     print(f"heimdall SLA: {'PASS' if result['pass'] else 'FAIL'}  {checks}", file=sys.stderr)
-    print(f"  {a['rps']} req/s, {a['requests']} requests, {a['failures']} failures, "
-          f"hit rate {result['hit_rate']:.3f}"
-          f"  | all p50/p95/p99 {a['p50_ms']:.0f}/{a['p95_ms']:.0f}/{a['p99_ms']:.0f} ms"
-          f"  | hits {h['p50_ms']:.0f}/{h['p95_ms']:.0f}/{h['p99_ms']:.0f}"
-          f"  | misses {m['p50_ms']:.0f}/{m['p95_ms']:.0f}/{m['p99_ms']:.0f}", file=sys.stderr)
+    print(
+        f"  {a['rps']} req/s, {a['requests']} requests, {a['failures']} failures, "
+        f"hit rate {result['hit_rate']:.3f}"
+        f"  | all p50/p95/p99 {a['p50_ms']:.0f}/{a['p95_ms']:.0f}/{a['p99_ms']:.0f} ms"
+        f"  | hits {h['p50_ms']:.0f}/{h['p95_ms']:.0f}/{h['p99_ms']:.0f}"
+        f"  | misses {m['p50_ms']:.0f}/{m['p95_ms']:.0f}/{m['p99_ms']:.0f}",
+        file=sys.stderr,
+    )

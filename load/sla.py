@@ -74,10 +74,12 @@ def _redis(stack: ExitStack) -> str:
     if shutil.which("redis-server") is None:
         raise SystemExit("--redis needs redis-server (apt-get install redis-server)")
     port = _free_port()
-    stack.enter_context(_process(
-        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-        REPORTS / "redis.log",
-    ))
+    stack.enter_context(
+        _process(
+            ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+            REPORTS / "redis.log",
+        )
+    )
 
     def answers() -> bool:
         try:
@@ -97,10 +99,14 @@ def _service(stack: ExitStack, args: argparse.Namespace) -> str:
     env.pop("HEIMDALL_REDIS_URL", None)
     if args.redis:
         env["HEIMDALL_REDIS_URL"] = _redis(stack)
-    proc = stack.enter_context(_process(
-        [str(BIN / "bentoml"), "serve", "service:Heimdall", "--host", "127.0.0.1", "--port", str(port)],
-        REPORTS / "service.log", cwd=ROOT, env=env,
-    ))
+    proc = stack.enter_context(
+        _process(
+            [str(BIN / "bentoml"), "serve", "service:Heimdall", "--host", "127.0.0.1", "--port", str(port)],
+            REPORTS / "service.log",
+            cwd=ROOT,
+            env=env,
+        )
+    )
     url = f"http://127.0.0.1:{port}"
 
     def ready() -> bool:
@@ -122,11 +128,31 @@ def locust(url: str, name: str, users: int, seconds: float, extra: list[str], ar
     """One headless Locust run; returns the summary the locustfile wrote (with its exit code)."""
     summary = REPORTS / f"{name}.json"
     command = [
-        str(BIN / "locust"), "-f", str(ROOT / "load" / "locustfile.py"), "--headless", "--only-summary",
-        "--host", url, "-u", str(users), "-r", str(max(1, users // 2)),
-        "-t", f"{int(args.warmup + seconds)}s",
-        "--stop-timeout", "10", "--warmup", str(args.warmup), "--csv", str(REPORTS / name),
-        "--html", str(REPORTS / f"{name}.html"), "--summary-json", str(summary), "--loglevel", "WARNING",
+        str(BIN / "locust"),
+        "-f",
+        str(ROOT / "load" / "locustfile.py"),
+        "--headless",
+        "--only-summary",
+        "--host",
+        url,
+        "-u",
+        str(users),
+        "-r",
+        str(max(1, users // 2)),
+        "-t",
+        f"{int(args.warmup + seconds)}s",
+        "--stop-timeout",
+        "10",
+        "--warmup",
+        str(args.warmup),
+        "--csv",
+        str(REPORTS / name),
+        "--html",
+        str(REPORTS / f"{name}.html"),
+        "--summary-json",
+        str(summary),
+        "--loglevel",
+        "WARNING",
         *extra,
     ]
     code = subprocess.run(command, cwd=ROOT).returncode
@@ -136,11 +162,19 @@ def locust(url: str, name: str, users: int, seconds: float, extra: list[str], ar
 
 
 def sla(url: str, args) -> int:
-    extra = ["--rate-per-user", str(args.rate_per_user), "--repeat-share", str(args.repeat_share),
-             "--pairs-share", str(args.pairs_share)]
+    extra = [
+        "--rate-per-user",
+        str(args.rate_per_user),
+        "--repeat-share",
+        str(args.repeat_share),
+        "--pairs-share",
+        str(args.pairs_share),
+    ]
     result = locust(url, "sla", args.users, args.duration, extra, args)
-    print(f"reports: {REPORTS}/sla.html, sla_stats.csv; CPU warning from Locust: "
-          f"{result['load_generator_cpu_warning']}")
+    print(
+        f"reports: {REPORTS}/sla.html, sla_stats.csv; CPU warning from Locust: "
+        f"{result['load_generator_cpu_warning']}"
+    )
     return result["exit_code"]
 
 
@@ -150,20 +184,36 @@ def saturate(url: str, args) -> int:
         best = None
         for rate in rates:
             users = max(args.users, int(rate))
-            extra = ["--rate-per-user", f"{rate / users:g}", "--repeat-share", "0",
-                     "--pairs-share", pairs_share, "--batch-weight", "0", "--hit-tolerance", "1"]
+            extra = [
+                "--rate-per-user",
+                f"{rate / users:g}",
+                "--repeat-share",
+                "0",
+                "--pairs-share",
+                pairs_share,
+                "--batch-weight",
+                "0",
+                "--hit-tolerance",
+                "1",
+            ]
             result = locust(url, f"saturate-{form}-{rate:g}", users, args.step_seconds, extra, args)
             r, cpu = result["all"], result["load_generator_cpu_warning"]
             ok = r["p95_ms"] < 500 and r["failures"] == 0 and r["rps"] >= 0.95 * rate
-            print(f"saturate {form:5} offered {rate:6g}/s  achieved {r['rps']:7.1f}/s  "
-                  f"p50/p95/p99 {r['p50_ms']:.0f}/{r['p95_ms']:.0f}/{r['p99_ms']:.0f} ms  "
-                  f"failures {r['failures']}  {'ok' if ok else 'SATURATED'}"
-                  f"{'  (Locust CPU warning)' if cpu else ''}", flush=True)
+            print(
+                f"saturate {form:5} offered {rate:6g}/s  achieved {r['rps']:7.1f}/s  "
+                f"p50/p95/p99 {r['p50_ms']:.0f}/{r['p95_ms']:.0f}/{r['p99_ms']:.0f} ms  "
+                f"failures {r['failures']}  {'ok' if ok else 'SATURATED'}"
+                f"{'  (Locust CPU warning)' if cpu else ''}",
+                flush=True,
+            )
             if not ok:
                 break
             best = rate
-        print(f"saturation {form}: highest offered rate with P95 < 500 ms: "
-              f"{best if best is not None else f'< {rates[0]:g}'} requests/s", flush=True)
+        print(
+            f"saturation {form}: highest offered rate with P95 < 500 ms: "
+            f"{best if best is not None else f'< {rates[0]:g}'} requests/s",
+            flush=True,
+        )
     return 0
 
 

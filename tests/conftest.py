@@ -16,7 +16,9 @@ from support import RedisServer
 os.environ["BENTOML_HOME"] = tempfile.mkdtemp(prefix="heimdall-bentoml-")
 os.environ.setdefault("BENTOML_DO_NOT_TRACK", "true")
 
-REFERENCE_MODEL = Path(os.environ.get("HEIMDALL_TEST_MODEL_DIR", Path(__file__).resolve().parents[1] / "heimdall" / "reference"))
+REFERENCE_MODEL = Path(
+    os.environ.get("HEIMDALL_TEST_MODEL_DIR", Path(__file__).resolve().parents[1] / "heimdall" / "reference")
+)
 SHARED_REDIS = os.environ.get("HEIMDALL_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 
 

@@ -128,12 +128,19 @@ def served_bento(bento, tmp_path_factory):
     # From a directory without the sources, so only the Bento's copy can be served.
     server = subprocess.Popen(
         [*BENTOML, "serve", str(bento.tag), "--host", "127.0.0.1", "--port", str(port)],
-        cwd=tmp, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        cwd=tmp,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        wait_until(lambda: _ready(f"{url}/readyz") or server.poll() is not None,
-                   90, "bentoml serve of the imported Bento")
+        wait_until(
+            lambda: _ready(f"{url}/readyz") or server.poll() is not None,
+            90,
+            "bentoml serve of the imported Bento",
+        )
         assert server.poll() is None, (tmp / "serve.log").read_text()[-3000:]
         yield url
     finally:
@@ -165,10 +172,33 @@ def test_locustfile_smoke_run(served_bento, tmp_path):
     """5 users for 5 s through the real locustfile: it runs, names hits and misses, writes its summary."""
     summary = tmp_path / "summary.json"
     run = subprocess.run(
-        [str(Path(sys.executable).parent / "locust"), "-f", str(PROJECT_DIR / "load" / "locustfile.py"),
-         "--headless", "--only-summary", "-u", "5", "-r", "5", "-t", "6s", "--host", served_bento,
-         "--scenes", "20", "--warmup", "1", "--pairs-share", "0.5", "--summary-json", str(summary)],
-        capture_output=True, text=True, timeout=60, cwd=tmp_path,
+        [
+            str(Path(sys.executable).parent / "locust"),
+            "-f",
+            str(PROJECT_DIR / "load" / "locustfile.py"),
+            "--headless",
+            "--only-summary",
+            "-u",
+            "5",
+            "-r",
+            "5",
+            "-t",
+            "6s",
+            "--host",
+            served_bento,
+            "--scenes",
+            "20",
+            "--warmup",
+            "1",
+            "--pairs-share",
+            "0.5",
+            "--summary-json",
+            str(summary),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
     )
     result = json.loads(summary.read_text())
     assert result["all"]["requests"] > 0, run.stderr[-2000:]

@@ -14,7 +14,7 @@ def test_chi2_scale_is_exact_for_two_dimensions():
     assert geo.chi2_2d_scale(0.5) == pytest.approx(1.1774100225154747)
     # 1 - exp(-k^2 / 2) recovers the level
     for p in (0.1, 0.39346934, 0.9, 0.99):
-        assert 1 - math.exp(-geo.chi2_2d_scale(p) ** 2 / 2) == pytest.approx(p)
+        assert 1 - math.exp(-(geo.chi2_2d_scale(p) ** 2) / 2) == pytest.approx(p)
 
 
 def test_circle_has_equal_axes_and_area():

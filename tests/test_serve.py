@@ -38,7 +38,11 @@ class Serve:
         with log.open("wb") as out:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "bentoml", "serve", "service:Heimdall", "--port", str(self.port)],
-                cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                cwd=ROOT,
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
             )
         wait_until(self._ready, 90, "bentoml serve")
 
@@ -87,14 +91,18 @@ def test_concurrent_requests_are_batched_and_each_gets_its_answer(redis_and_serv
     with ThreadPoolExecutor(24) as pool:
         answers = list(pool.map(lambda b: serve.predict(b, use_cache=False), bodies))
     assert all(r.status_code == 200 for r in answers)
-    # A batched ONNX run may round float32 differently from a single row: agree to ~10 cm (a float32 ulp at 100 km is 8 mm).
+    # A batched ONNX run may round float32 differently from a single row:
+    # agree to ~10 cm (a float32 ulp at 100 km is 8 mm).
     for a, b in zip(solo, answers[:6], strict=True):
         assert (a["lat"], a["lon"]) == pytest.approx((b.json()["lat"], b.json()["lon"]), abs=1e-6)
     count, total = _batch_sizes(httpx.get(f"{serve.url}/metrics").text)
     assert count > 0 and total / count > 1.0, f"mean adaptive batch size {total}/{count}"
     metrics = httpx.get(f"{serve.url}/metrics").text
-    for name in ("heimdall_preprocess_seconds_count", "heimdall_inference_seconds_count",
-                 'heimdall_cache_requests_total{outcome="bypass"}'):
+    for name in (
+        "heimdall_preprocess_seconds_count",
+        "heimdall_inference_seconds_count",
+        'heimdall_cache_requests_total{outcome="bypass"}',
+    ):
         assert name in metrics
 
 

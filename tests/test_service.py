@@ -67,8 +67,11 @@ def test_every_form_gives_the_same_answer_and_shares_the_cache(served):
     assert first["cached"] is False
     again = client.post("/predict", json=request_body(captures, "int16")).json()
     body, stations = octet_body(captures)
-    raw = client.post(f"/v1/predict/raw?stations={stations}", content=body,
-                      headers={"content-type": "application/octet-stream"})
+    raw = client.post(
+        f"/v1/predict/raw?stations={stations}",
+        content=body,
+        headers={"content-type": "application/octet-stream"},
+    )
     assert raw.status_code == 200, raw.text
     for answer in (again, raw.json()):
         assert answer["cached"] is True
@@ -101,7 +104,8 @@ def test_concurrent_requests_each_get_their_own_answer(served):
     serial = [client.post("/predict", json=p).json() for p in payloads]
     with ThreadPoolExecutor(12) as pool:
         parallel = list(pool.map(lambda p: client.post("/predict", json=p).json(), payloads))
-    # A batched ONNX run may round float32 differently from a single row: agree to ~10 cm (a float32 ulp at 100 km is 8 mm).
+    # A batched ONNX run may round float32 differently from a single row:
+    # agree to ~10 cm (a float32 ulp at 100 km is 8 mm).
     for a, b in zip(serial, parallel, strict=True):
         assert (a["lat"], a["lon"]) == pytest.approx((b["lat"], b["lon"]), abs=1e-6)
     assert len({(a["lat"], a["lon"]) for a in parallel}) == len(payloads)
@@ -141,16 +145,74 @@ def _captures(*items):
 BAD_INPUTS = [
     ("malformed JSON", b"{not json", 400, None),
     ("captures not a list", {"captures": {"torino": []}}, 400, None),
-    ("wrong nesting", _captures(("torino", [1, 2, 3] * 200), ("genova", [[1, 2]] * 300), ("coazze", [[1, 2]] * 300)), 400, "captures[0].iq"),
-    ("ragged pairs", _captures(("torino", [[1, 2, 3]] * 300), ("genova", [[1, 2]] * 300), ("coazze", [[1, 2]] * 300)), 400, "captures[0].iq"),
-    ("odd-length base64", {**_captures(("torino", _b64(np.zeros(601, "<i2"))), ("genova", _b64(np.zeros(600, "<i2"))), ("coazze", _b64(np.zeros(600, "<i2"))))}, 400, "captures[0].iq"),
-    ("too few samples", _captures(("torino", [[1, 2]] * 10), ("genova", [[1, 2]] * 300), ("coazze", [[1, 2]] * 300)), 400, "captures[0].iq"),
-    ("unknown station", _captures(("atlantis", [[1, 2]] * 300), ("genova", [[1, 2]] * 300), ("coazze", [[1, 2]] * 300)), 400, "captures[0].station"),
-    ("duplicate station", _captures(("genova", [[1, 2]] * 300), ("genova", [[1, 2]] * 300), ("coazze", [[1, 2]] * 300)), 400, "captures[1].station"),
+    (
+        "wrong nesting",
+        _captures(("torino", [1, 2, 3] * 200), ("genova", [[1, 2]] * 300), ("coazze", [[1, 2]] * 300)),
+        400,
+        "captures[0].iq",
+    ),
+    (
+        "ragged pairs",
+        _captures(("torino", [[1, 2, 3]] * 300), ("genova", [[1, 2]] * 300), ("coazze", [[1, 2]] * 300)),
+        400,
+        "captures[0].iq",
+    ),
+    (
+        "odd-length base64",
+        {
+            **_captures(
+                ("torino", _b64(np.zeros(601, "<i2"))),
+                ("genova", _b64(np.zeros(600, "<i2"))),
+                ("coazze", _b64(np.zeros(600, "<i2"))),
+            )
+        },
+        400,
+        "captures[0].iq",
+    ),
+    (
+        "too few samples",
+        _captures(("torino", [[1, 2]] * 10), ("genova", [[1, 2]] * 300), ("coazze", [[1, 2]] * 300)),
+        400,
+        "captures[0].iq",
+    ),
+    (
+        "unknown station",
+        _captures(("atlantis", [[1, 2]] * 300), ("genova", [[1, 2]] * 300), ("coazze", [[1, 2]] * 300)),
+        400,
+        "captures[0].station",
+    ),
+    (
+        "duplicate station",
+        _captures(("genova", [[1, 2]] * 300), ("genova", [[1, 2]] * 300), ("coazze", [[1, 2]] * 300)),
+        400,
+        "captures[1].station",
+    ),
     ("too few receivers", _captures(("genova", [[1, 2]] * 300)), 400, "captures"),
-    ("NaN complex64", {**_captures(("torino", _b64(np.full(600, np.nan, "<f4"))), ("genova", _b64(np.zeros(600, "<f4"))), ("coazze", _b64(np.zeros(600, "<f4")))), "encoding": "complex64"}, 400, "captures[0].iq"),
-    ("out of int16 range", _captures(("torino", [[40000, 2]] * 300), ("genova", [[1, 2]] * 300), ("coazze", [[1, 2]] * 300)), 400, "captures[0].iq"),
-    ("bad base64", _captures(("torino", "@@not base64@@"), ("genova", [[1, 2]] * 300), ("coazze", [[1, 2]] * 300)), 400, "captures[0].iq"),
+    (
+        "NaN complex64",
+        {
+            **_captures(
+                ("torino", _b64(np.full(600, np.nan, "<f4"))),
+                ("genova", _b64(np.zeros(600, "<f4"))),
+                ("coazze", _b64(np.zeros(600, "<f4"))),
+            ),
+            "encoding": "complex64",
+        },
+        400,
+        "captures[0].iq",
+    ),
+    (
+        "out of int16 range",
+        _captures(("torino", [[40000, 2]] * 300), ("genova", [[1, 2]] * 300), ("coazze", [[1, 2]] * 300)),
+        400,
+        "captures[0].iq",
+    ),
+    (
+        "bad base64",
+        _captures(("torino", "@@not base64@@"), ("genova", [[1, 2]] * 300), ("coazze", [[1, 2]] * 300)),
+        400,
+        "captures[0].iq",
+    ),
     ("unknown encoding", _body(encoding="float128"), 400, None),
     ("empty captures", {"captures": []}, 400, "captures"),
     ("confidence level 0", _body(confidence_level=0), 400, None),
@@ -194,7 +256,11 @@ def test_raw_route_validates_its_query(served):
     bad_level = client.post(f"/v1/predict/raw?stations={stations}&confidence_level=2", content=body)
     assert bad_level.status_code == 400 and bad_level.json()["field"] == "confidence_level"
     unknown = client.post("/v1/predict/raw?stations=torino,atlantis,genova", content=body)
-    assert unknown.status_code == 400 and unknown.json()["field"].endswith("station") or "stations" in unknown.json()["field"]
+    assert (
+        unknown.status_code == 400
+        and unknown.json()["field"].endswith("station")
+        or "stations" in unknown.json()["field"]
+    )
 
 
 def test_model_info_health_and_metrics(served):
@@ -203,7 +269,9 @@ def test_model_info_health_and_metrics(served):
     assert info["model"]["name"] == model.tag.name
     assert info["model"]["version"] == model.tag.version
     assert info["model"]["registry_alias"] == "production"
-    assert info["model"]["contract_fingerprint"] == Contract.load(model.path_of("contract.json")).fingerprint()
+    assert (
+        info["model"]["contract_fingerprint"] == Contract.load(model.path_of("contract.json")).fingerprint()
+    )
     assert len(info["receivers"]) == 7
     assert info["accuracy"]["median_error_km"] > 0
     assert info["cache"]["backend"] == "redis"
