@@ -15,7 +15,7 @@ class Settings(BaseSettings):
     )
     cache_ttl_s: int = Field(3600, ge=1, le=30 * 86400, description="cache entry lifetime, seconds")
     cache_timeout_ms: float = Field(
-        50.0, gt=0, le=5000, description="longest a request waits on Redis before serving uncached"
+        150.0, gt=0, le=5000, description="longest a request waits on Redis before serving uncached"
     )
     cache_retry_s: float = Field(
         5.0, gt=0, le=600, description="pause before Redis is tried again after a fault"
@@ -29,7 +29,7 @@ class Settings(BaseSettings):
     )
     max_batch_size: int = Field(64, ge=2, le=1024, description="adaptive batcher: most rows in one ONNX run")
     max_latency_ms: int = Field(
-        250, ge=1, le=60_000, description="adaptive batcher: latency budget, ms; it answers 503 beyond it"
+        1000, ge=1, le=60_000, description="adaptive batcher: latency budget, ms; it answers 503 beyond it"
     )
     onnx_threads: int = Field(1, ge=1, le=64, description="onnxruntime intra-op threads per worker")
     workers: int = Field(2, ge=1, le=64, description="BentoML worker processes")
