@@ -18,7 +18,7 @@ class Capture(BaseModel):
     station: str = Field(description="receiver id, one of the model contract's receivers (GET /v1/model)")
     # Typed loosely on purpose: the decoder checks nesting, length, range and
     # finiteness itself and answers with the field, the value and what it expects.
-    iq: list[Any] | str = Field(
+    iq: str | list[Any] = Field(
         description="[[I, Q], ...] int16 ADC counts at the contract's sample rate, or a base64 string "
         "of interleaved little-endian I/Q in the request's `encoding`"
     )

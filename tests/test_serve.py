@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import bentoml
 import httpx
 import pytest
 from support import RedisServer, free_port, wait_until
@@ -97,6 +98,10 @@ def test_concurrent_requests_are_batched_and_each_gets_its_answer(redis_and_serv
         assert (a["lat"], a["lon"]) == pytest.approx((b.json()["lat"], b.json()["lon"]), abs=1e-6)
     count, total = _batch_sizes(httpx.get(f"{serve.url}/metrics").text)
     assert count > 0 and total / count > 1.0, f"mean adaptive batch size {total}/{count}"
+    # The README's Python client: BentoML's own client, base64 body
+    with bentoml.SyncHTTPClient(serve.url) as client:
+        answer = client.predict(**bodies[0], use_cache=False)
+    assert (answer["lat"], answer["lon"]) == pytest.approx((solo[0]["lat"], solo[0]["lon"]), abs=1e-6)
     metrics = httpx.get(f"{serve.url}/metrics").text
     for name in (
         "heimdall_preprocess_seconds_count",
