@@ -140,7 +140,7 @@ def ellipse_polygon(lat_deg: float, lon_deg: float, e: Ellipse, n_vertices: int 
     minor = np.array([math.cos(b), -math.sin(b)])
     pts = np.outer(e.semi_major_m * np.cos(t), major) + np.outer(e.semi_minor_m * np.sin(t), minor)
     m_lat, m_lon = metres_per_degree(lat_deg)
-    ring = [[lon_deg + de / m_lon, lat_deg + dn / m_lat] for de, dn in pts]
+    ring = np.column_stack([lon_deg + pts[:, 0] / m_lon, lat_deg + pts[:, 1] / m_lat]).tolist()
     ring.append(ring[0])
     return {"type": "Polygon", "coordinates": [ring]}
 
