@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import tomllib
@@ -13,7 +12,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from support import free_port, wait_until
+from support import free_port, stop_group, wait_until
 
 from heimdall.contract import Contract, FeatureExtractor, iq_from_int16
 from heimdall.examples import example_captures, request_body
@@ -144,12 +143,7 @@ def served_bento(bento, tmp_path_factory):
         assert server.poll() is None, (tmp / "serve.log").read_text()[-3000:]
         yield url
     finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait()
+        stop_group(server)
         log.close()
 
 

@@ -7,7 +7,6 @@ under its own model name and only looks at that name in the store.
 from __future__ import annotations
 
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -23,6 +22,7 @@ import onnxruntime as ort
 import pytest
 from bentoml.exceptions import NotFound
 from mlflow import MlflowClient
+from support import stop_group
 from tiny_model import TINY_ACCURACY, build_incompatible_model, build_tiny_model
 
 from heimdall.cli import main
@@ -255,12 +255,7 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             time.sleep(0.25)
         yield uri
     finally:
-        os.killpg(server.pid, signal.SIGTERM)  # the server and the uvicorn worker it started
-        try:
-            server.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait()
+        stop_group(server, timeout=15)  # the server and the uvicorn worker it started
         log.close()
 
 

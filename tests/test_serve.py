@@ -13,7 +13,7 @@ from pathlib import Path
 import bentoml
 import httpx
 import pytest
-from support import RedisServer, free_port, wait_until
+from support import RedisServer, free_port, stop_group, wait_until
 
 from heimdall.examples import request_body
 from heimdall.simulate import simulate_scenes
@@ -59,8 +59,7 @@ class Serve:
         return httpx.post(f"{self.url}/predict", json={**body, **extra}, timeout=30)
 
     def stop(self) -> None:
-        os.killpg(self.proc.pid, 15)
-        self.proc.wait(timeout=30)
+        stop_group(self.proc)
 
 
 @pytest.fixture
