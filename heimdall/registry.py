@@ -14,7 +14,6 @@ registry may hold models meant for newer serving code.
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 import shutil
 import tempfile
@@ -40,12 +39,12 @@ from mlflow.exceptions import MlflowException
 from mlflow.models import Model as MlflowModel
 from mlflow.models import ModelSignature
 from mlflow.types import Schema, TensorSpec
-from pydantic import ValidationError
 from rich.console import Console
 from rich.markup import escape
 
-from heimdall.contract import SUPPORTED_CONTRACT_VERSIONS, Contract
+from heimdall.contract import Contract
 from heimdall.errors import ModelNotServable
+from heimdall.servable import check_servable, read_contract
 
 DEFAULT_NAME = "heimdall-localizer"
 DEFAULT_ALIAS = "production"
@@ -133,59 +132,6 @@ def _experiment_id(client: MlflowClient, uri: str) -> str:
     if uri.startswith("sqlite:///"):
         location = (Path(uri.removeprefix("sqlite:///")).parent / "mlartifacts").resolve().as_uri()
     return client.create_experiment(EXPERIMENT, artifact_location=location)
-
-
-def read_contract(path: Path) -> Contract:
-    """Parse a contract document, refusing versions this code does not serve before the schema."""
-    try:
-        raw = json.loads(Path(path).read_text())
-    except (OSError, ValueError) as exc:
-        raise ModelNotServable(f"contract: cannot read {path}: {exc}") from None
-    found = raw.get("contract_version") if isinstance(raw, dict) else None
-    if found not in SUPPORTED_CONTRACT_VERSIONS:
-        raise ModelNotServable(
-            f"contract_version: expected one of {sorted(SUPPORTED_CONTRACT_VERSIONS)}, found {found!r}"
-        )
-    try:
-        return Contract.model_validate(raw)
-    except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-        raise ModelNotServable(f"contract: {problems}") from None
-
-
-def _dims(value_info: onnx.ValueInfoProto) -> list[int | str]:
-    shape = value_info.type.tensor_type.shape
-    return [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in shape.dim]
-
-
-def _shape(dims: list[int | str]) -> str:
-    return "(" + ", ".join(map(str, dims)) + ")"
-
-
-def check_servable(model: onnx.ModelProto, contract: Contract) -> None:
-    """Raise ModelNotServable naming every way the graph differs from what the contract promises."""
-    problems: list[str] = []
-    initializers = {t.name for t in model.graph.initializer}
-    inputs = {i.name: i for i in model.graph.input if i.name not in initializers}
-    expected_in = ["batch", *contract.input_shape]
-    if contract.io.input not in inputs:
-        problems.append(f"input: expected {contract.io.input!r}, found {sorted(inputs)}")
-    else:
-        found = _dims(inputs[contract.io.input])
-        if len(found) != 4 or isinstance(found[0], int) or found[1:] != list(contract.input_shape):
-            problems.append(
-                f"input {contract.io.input!r} shape: expected {_shape(expected_in)}, found {_shape(found)}"
-            )
-        if inputs[contract.io.input].type.tensor_type.elem_type != onnx.TensorProto.FLOAT:
-            problems.append(f"input {contract.io.input!r} type: expected float32")
-    outputs = {o.name: o for o in model.graph.output}
-    for name, width in ((contract.io.mean, 2), (contract.io.covariance, 3)):
-        if name not in outputs:
-            problems.append(f"output: expected {name!r}, found {sorted(outputs)}")
-        elif (found := _dims(outputs[name]))[1:] != [width] or len(found) != 2:
-            problems.append(f"output {name!r} shape: expected (batch, {width}), found {_shape(found)}")
-    if problems:
-        raise ModelNotServable("; ".join(problems))
 
 
 def _signature(contract: Contract) -> ModelSignature:
