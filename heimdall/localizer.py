@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -46,6 +47,7 @@ class Localizer:
         self.cache = PredictionCache(settings, namespace, metrics)
         self._infer = infer
         self._estimate = self.cache.memoize(self._run_model)
+        self.requests: Counter[str] = Counter()  # this worker's answers by source, and refusals
 
     async def _run_model(self, capture: CaptureSet) -> ModelOutput:
         start = time.perf_counter()
@@ -61,11 +63,14 @@ class Localizer:
             return decode(*args) if inline else await asyncio.to_thread(decode, *args)
         except InputError as exc:
             self.metrics.rejections.labels(exc.reason).inc()
+            self.requests["rejected"] += 1
             raise
 
     async def _answer(self, capture: CaptureSet, level: float, use_cache: bool, start: float) -> Prediction:
         result = await self._estimate(capture, use_cache=use_cache)
-        self.metrics.predictions.labels("cache" if result.hit else "model").inc()
+        source = "cache" if result.hit else "model"
+        self.metrics.predictions.labels(source).inc()
+        self.requests[f"answered_from_{source}"] += 1
         return Prediction(
             **describe(result.value, self.model.contract, level, self.settings.confidence_radius_m),
             receivers=[rid for rid in self.model.contract.receiver_ids if rid in capture.iq],
@@ -166,5 +171,6 @@ class Localizer:
             "min_receivers": c.min_receivers,
             "features": c.features.model_dump(),
             "accuracy": c.accuracy.model_dump() if c.accuracy else None,
+            "requests": dict(self.requests),
             "cache": self.cache.stats(),
         }

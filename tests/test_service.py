@@ -275,6 +275,7 @@ def test_model_info_health_and_metrics(served):
     assert len(info["receivers"]) == 7
     assert info["accuracy"]["median_error_km"] > 0
     assert info["cache"]["backend"] == "redis"
+    assert info["requests"]["answered_from_model"] >= 1 and info["requests"]["rejected"] >= 1
     assert "redis://" not in str(info)
     assert client.get("/readyz").status_code == 200
     assert math.isfinite(info["model"]["load_seconds"])
