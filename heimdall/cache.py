@@ -163,6 +163,14 @@ class PredictionCache:
                 return Cached(await fn(capture), hit=False)
             key = self._prefix + capture.digest.hex()
             flight = self._inflight.get(key)
+            if flight is None and self._redis is None:
+                # In-process hit: answer without a task, so the request never yields to
+                # the event loop (and never waits behind other requests) on its way out.
+                raw = self._local.get(key)
+                value = decode_value(raw) if raw is not None else None
+                if value is not None:
+                    self._count("hit")
+                    return Cached(value, hit=True)
             if flight is None:
                 # A task, not the first caller's own coroutine: if that caller is cancelled
                 # (client gone) the others still get their answer.
