@@ -51,7 +51,10 @@ class Heimdall:
             labels=dict(self.model.info.labels),
             load_seconds=time.perf_counter() - start,
         )
-        infer = Coalescer(self._infer_batched) if settings.adaptive_batching else self._infer_direct
+        if settings.adaptive_batching:
+            infer = Coalescer(self._infer_batched, max_rows=settings.max_batch_size)
+        else:
+            infer = self._infer_direct
         self.localizer = Localizer(served, settings, self.metrics, infer)
         # A JSON-lists capture set allocates ~30k lists per receiver. With CPython's
         # default thresholds that triggers hundreds of collections per request, each
