@@ -23,6 +23,7 @@ from typing import Literal
 
 import librosa
 import numpy as np
+import scipy.fft
 from numpy.lib.stride_tricks import sliding_window_view
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -133,8 +134,7 @@ class FeatureExtractor:
 
     @cached_property
     def _window(self) -> np.ndarray:
-        # float64 on purpose: numpy's complex64 FFT is ~5x slower than its complex128 one.
-        return librosa.filters.get_window(self.spec.window, self.spec.n_fft, fftbins=True).astype(np.float64)
+        return librosa.filters.get_window(self.spec.window, self.spec.n_fft, fftbins=True).astype(np.float32)
 
     @cached_property
     def _fold_mel(self) -> np.ndarray:
@@ -164,8 +164,9 @@ class FeatureExtractor:
             frames = frames[..., : s.n_frames, :]
         else:
             frames = np.take(frames, np.arange(s.n_frames) % n, axis=-2)
-        spectrum = np.fft.fft(frames * self._window, axis=-1)
-        power = (spectrum.real**2 + spectrum.imag**2).astype(np.float32)
+        # scipy's FFT keeps complex64 (numpy's promotes to complex128): ~5x faster here.
+        spectrum = scipy.fft.fft(frames * self._window, axis=-1, overwrite_x=True)
+        power = spectrum.real**2 + spectrum.imag**2
         mel = power @ self._fold_mel  # (..., n_frames, n_mels)
         db = 10.0 * np.log10(np.maximum(mel, 10.0 ** (s.db_floor / 10.0)))
         return np.swapaxes((db - s.norm_offset_db) / s.norm_scale_db, -1, -2).astype(np.float32)
