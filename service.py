@@ -39,6 +39,8 @@ class Heimdall:
     model = bentoml.models.BentoModel(settings.model_tag)
 
     def __init__(self) -> None:
+        # Raises unless the model loads and its warm-up inference is valid, so the
+        # worker (and BentoML's /readyz) only comes up with a working model.
         start = time.perf_counter()
         self.metrics = Metrics()
         contract = Contract.load(self.model.path_of("contract.json"))
@@ -74,10 +76,6 @@ class Heimdall:
         out = self.onnx.run(batch)
         self.metrics.inference_seconds.observe(time.perf_counter() - start)
         return out
-
-    def __is_ready__(self) -> bool:
-        # __init__ raises unless the model loaded and its warm-up inference was valid.
-        return self.localizer.model.load_seconds > 0
 
     @bentoml.api(route="/predict")
     @refusals_as_400

@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 
 _level = TypeAdapter(ConfidenceLevel)
 _encoding = TypeAdapter(Encoding)
+_flag = TypeAdapter(bool)
 
 
 def _query(request: Request, name: str, adapter: TypeAdapter, default: Any, expected: str) -> Any:
@@ -71,7 +72,7 @@ def ops_app(localizer: Callable[[], Localizer]) -> Starlette:
             stations = [s for s in request.query_params.get("stations", "").split(",") if s]
             encoding = _query(request, "encoding", _encoding, "int16", "int16 or complex64")
             level = _query(request, "confidence_level", _level, 0.95, "a number strictly between 0 and 1")
-            use_cache = _query(request, "use_cache", TypeAdapter(bool), True, "true or false")
+            use_cache = _query(request, "use_cache", _flag, True, "true or false")
             prediction = await localizer().predict_octets(
                 await request.body(), stations, encoding, level, use_cache
             )

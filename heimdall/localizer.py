@@ -55,16 +55,30 @@ class Localizer:
         self.metrics.preprocess_seconds.observe(time.perf_counter() - start)
         return ModelOutput(*(float(v) for v in await self._infer(features)))
 
+    def _rejected(self, exc: InputError) -> InputError:
+        self.metrics.rejections.labels(exc.reason).inc()
+        self.requests["rejected"] += 1
+        return exc
+
     async def _decode(
         self, decode: Callable[..., CaptureSet], *args: Any, inline: bool = False
     ) -> CaptureSet:
-        """Binary forms decode in ~0.1 ms per receiver, on the loop; JSON lists cost ms, in a thread."""
+        """Binary forms decode in ~0.05 ms per receiver, on the loop; JSON lists cost ms, in a thread."""
         try:
             return decode(*args) if inline else await asyncio.to_thread(decode, *args)
         except InputError as exc:
-            self.metrics.rejections.labels(exc.reason).inc()
-            self.requests["rejected"] += 1
-            raise
+            raise self._rejected(exc) from None
+
+    async def _decode_set(self, item: CaptureSetIn, field: str = "captures") -> CaptureSet:
+        return await self._decode(
+            decode_captures,
+            item.captures,
+            item.encoding,
+            self.model.contract,
+            self.settings.max_samples,
+            field,
+            inline=all(isinstance(c.iq, str) for c in item.captures),
+        )
 
     async def _answer(self, capture: CaptureSet, level: float, use_cache: bool, start: float) -> Prediction:
         result = await self._estimate(capture, use_cache=use_cache)
@@ -82,16 +96,7 @@ class Localizer:
 
     async def predict(self, captures: CaptureSetIn, level: float, use_cache: bool) -> Prediction:
         start = time.perf_counter()
-        pairs = [(c.station, c.iq) for c in captures.captures]
-        capture = await self._decode(
-            decode_captures,
-            pairs,
-            captures.encoding,
-            self.model.contract,
-            self.settings.max_samples,
-            inline=all(isinstance(iq, str) for _, iq in pairs),
-        )
-        return await self._answer(capture, level, use_cache, start)
+        return await self._answer(await self._decode_set(captures), level, use_cache, start)
 
     async def predict_octets(
         self, body: bytes, stations: Sequence[str], encoding: str, level: float, use_cache: bool
@@ -114,22 +119,18 @@ class Localizer:
         """Each item is answered or refused on its own; good items run concurrently so they batch."""
         start = time.perf_counter()
         if not 1 <= len(items) <= self.settings.max_batch_items:
-            self.metrics.rejections.labels("batch_size").inc()
-            raise InputError(
-                "items", f"{len(items)} capture sets", f"1 to {self.settings.max_batch_items}", "batch_size"
+            raise self._rejected(
+                InputError(
+                    "items",
+                    f"{len(items)} capture sets",
+                    f"1 to {self.settings.max_batch_items}",
+                    "batch_size",
+                )
             )
 
         async def one(i: int, item: CaptureSetIn) -> tuple[BatchItem, int]:
-            pairs = [(c.station, c.iq) for c in item.captures]
             try:
-                capture = await self._decode(
-                    decode_captures,
-                    pairs,
-                    item.encoding,
-                    self.model.contract,
-                    self.settings.max_samples,
-                    f"items[{i}].captures",
-                )
+                capture = await self._decode_set(item, f"items[{i}].captures")
             except InputError as exc:
                 error = ItemError(
                     field=exc.field,

@@ -29,6 +29,7 @@ import urllib.request
 from pathlib import Path
 
 import aiohttp
+import bentoml
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -75,16 +76,7 @@ class Bodies:
 
 def in_process_limit(repeats: int = 3) -> tuple[int, float, dict[int, float]]:
     """(a): captures per second on one core for the whole in-process pipeline, by batch size."""
-    model_dir = Path(
-        subprocess.check_output(
-            [
-                sys.executable,
-                "-c",
-                "import bentoml; print(bentoml.models.get('heimdall-localizer:latest').path)",
-            ],
-            text=True,
-        ).strip()
-    )
+    model_dir = Path(bentoml.models.get("heimdall-localizer:latest").path)
     contract = Contract.load(model_dir / "contract.json")
     extractor = FeatureExtractor(contract)
     onnx = OnnxLocalizer(model_dir / "model.onnx", contract, threads=1)
