@@ -9,9 +9,10 @@ import time
 import bentoml
 import numpy as np
 
+from heimdall.admission import Admission
 from heimdall.coalesce import Coalescer
 from heimdall.contract import Contract
-from heimdall.http import BodyLimit, ops_app, refusals_as_400
+from heimdall.http import ops_app, refusals_as_400
 from heimdall.inference import OnnxLocalizer, pack_features, unpack_features
 from heimdall.localizer import Localizer, ServedModel
 from heimdall.metrics import Metrics
@@ -108,7 +109,8 @@ class Heimdall:
 
 
 Heimdall.add_asgi_middleware(
-    BodyLimit,
+    Admission,
     max_bytes=settings.max_body_bytes,
-    on_reject=lambda: _current().metrics.rejections.labels("oversize").inc(),
+    max_in_flight=settings.max_in_flight,
+    on_reject=lambda reason: _current().metrics.rejections.labels(reason).inc(),
 )

@@ -1,10 +1,9 @@
 """HTTP pieces BentoML's @api routes do not cover: GET model info, an octet-stream
-predict route, and a body-size limit enforced before anything parses the body."""
+predict route, and refusals as 400 responses."""
 
 from __future__ import annotations
 
 import functools
-import json
 import os
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
@@ -86,66 +85,3 @@ def ops_app(localizer: Callable[[], Localizer]) -> Starlette:
             Route("/predict/raw", predict_octets, methods=["POST"]),
         ]
     )
-
-
-class BodyLimit:
-    """ASGI middleware: refuses bodies over `max_bytes` with 413 before the app reads them.
-
-    A declared Content-Length over the limit is refused at once; a body without
-    one (chunked) is read up to the limit and replayed to the app.
-    """
-
-    def __init__(self, app: Any, max_bytes: int, on_reject: Callable[[], None] = lambda: None) -> None:
-        self.app, self.max_bytes, self.on_reject = app, max_bytes, on_reject
-
-    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        headers = dict(scope.get("headers") or [])
-        declared = headers.get(b"content-length")
-        if declared is not None:
-            if not declared.isdigit() or int(declared) > self.max_bytes:
-                return await self._refuse(send, int(declared) if declared.isdigit() else -1)
-            return await self.app(scope, receive, send)
-        if scope.get("method") not in ("POST", "PUT", "PATCH"):
-            return await self.app(scope, receive, send)
-        chunks, size = [], 0
-        while True:
-            message = await receive()
-            if message["type"] != "http.request":
-                return
-            chunks.append(message.get("body", b""))
-            size += len(chunks[-1])
-            if size > self.max_bytes:
-                return await self._refuse(send, size)
-            if not message.get("more_body"):
-                break
-        body = b"".join(chunks)
-        replayed = False
-
-        async def replay() -> dict:
-            nonlocal replayed
-            if replayed:
-                return await receive()
-            replayed = True
-            return {"type": "http.request", "body": body, "more_body": False}
-
-        await self.app(scope, replay, send)
-
-    async def _refuse(self, send: Callable, received: int) -> None:
-        self.on_reject()
-        shown = f"{received} bytes" if received >= 0 else "an invalid Content-Length"
-        payload = json.dumps(
-            {"error": f"body: received {shown}; expected at most {self.max_bytes} bytes"}
-        ).encode()
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 413,
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(payload)).encode()),
-                ],
-            }
-        )
-        await send({"type": "http.response.body", "body": payload})

@@ -42,7 +42,7 @@ class Metrics:
         )
         self.rejections = Counter(
             "heimdall_rejected_requests",
-            "Requests refused with a 4xx, by reason",
+            "Requests refused (4xx, or 503 when overloaded), by reason",
             ["reason"],
             registry=registry,
         )

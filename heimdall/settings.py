@@ -39,6 +39,9 @@ class Settings(BaseSettings):
         le=1024**3,
         description="largest request body, bytes, refused before parsing",
     )
+    max_in_flight: int = Field(
+        64, ge=1, le=100_000, description="requests one worker works on at once; beyond it, 503 at once"
+    )
     max_samples: int = Field(65_536, ge=256, description="most IQ samples per receiver")
     max_batch_items: int = Field(100, ge=1, le=10_000, description="most capture sets in one batch request")
     confidence_radius_m: float = Field(
