@@ -4,21 +4,26 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, WithJsonSchema
 
 Encoding = Literal["int16", "complex64"]
 ConfidenceLevel = Annotated[
     float, Field(gt=0.0, lt=1.0, description="probability mass inside the returned ellipse, 0 < p < 1")
 ]
 
+_PAIR = {"type": "array", "items": {"type": "number"}, "minItems": 2, "maxItems": 2}
+_IQ_SCHEMA = {"anyOf": [{"type": "string", "contentEncoding": "base64"}, {"type": "array", "items": _PAIR}]}
+
 
 class Capture(BaseModel):
     """One receiver's capture of the transmission."""
 
     station: str = Field(description="receiver id, one of the model contract's receivers (GET /v1/model)")
-    # Typed loosely on purpose: the decoder checks nesting, length, range and
-    # finiteness itself and answers with the field, the value and what it expects.
-    iq: str | list[Any] = Field(
+    # Validated by the decoder, not by pydantic: it checks nesting, length, range and
+    # finiteness and answers with the field, the value and what it expects, and
+    # pydantic's union validation of 57k numbers cost 12 ms per capture set against
+    # 9 ms for `Any`. The schema still documents the two forms.
+    iq: Annotated[Any, WithJsonSchema(_IQ_SCHEMA)] = Field(
         description="[[I, Q], ...] int16 ADC counts at the contract's sample rate, or a base64 string "
         "of interleaved little-endian I/Q in the request's `encoding`"
     )
