@@ -18,147 +18,10 @@ offered rate achieved.
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import shutil
-import signal
-import socket
-import subprocess
 import sys
-import time
-import urllib.request
-from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
-from pathlib import Path
+from contextlib import ExitStack
 
-ROOT = Path(__file__).resolve().parents[1]
-REPORTS = ROOT / "load" / "reports"
-BIN = Path(sys.executable).parent
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait(check, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(0.2)
-    raise SystemExit(f"{what} not ready after {timeout:.0f} s")
-
-
-@contextmanager
-def _process(command: list[str], log: Path, **kwargs) -> Iterator[subprocess.Popen]:
-    """Run `command` in its own process group; terminate the whole group on exit."""
-    with log.open("w") as out:
-        proc = subprocess.Popen(
-            command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, **kwargs
-        )
-        try:
-            yield proc
-        finally:
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGTERM)
-                try:
-                    proc.wait(timeout=20)
-                except subprocess.TimeoutExpired:
-                    os.killpg(proc.pid, signal.SIGKILL)
-                    proc.wait()
-
-
-def _redis(stack: ExitStack) -> str:
-    if shutil.which("redis-server") is None:
-        raise SystemExit("--redis needs redis-server (apt-get install redis-server)")
-    port = _free_port()
-    stack.enter_context(
-        _process(
-            ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-            REPORTS / "redis.log",
-        )
-    )
-
-    def answers() -> bool:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2) as s:
-                s.sendall(b"PING\r\n")
-                return s.recv(16).startswith(b"+PONG")
-        except OSError:
-            return False
-
-    _wait(answers, 10, "redis-server")
-    return f"redis://127.0.0.1:{port}/0"
-
-
-def _service(stack: ExitStack, args: argparse.Namespace) -> str:
-    port = _free_port()
-    env = dict(os.environ, HEIMDALL_WORKERS=str(args.workers), BENTOML_DO_NOT_TRACK="true")
-    env.pop("HEIMDALL_REDIS_URL", None)
-    if args.redis:
-        env["HEIMDALL_REDIS_URL"] = _redis(stack)
-    proc = stack.enter_context(
-        _process(
-            [str(BIN / "bentoml"), "serve", "service:Heimdall", "--host", "127.0.0.1", "--port", str(port)],
-            REPORTS / "service.log",
-            cwd=ROOT,
-            env=env,
-        )
-    )
-    url = f"http://127.0.0.1:{port}"
-
-    def ready() -> bool:
-        if proc.poll() is not None:
-            raise SystemExit(f"the service exited; see {REPORTS / 'service.log'}")
-        try:
-            with urllib.request.urlopen(f"{url}/readyz", timeout=1) as r:
-                return r.status == 200
-        except OSError:
-            return False
-
-    _wait(ready, 120, "bentoml serve")
-    cache = "Redis" if args.redis else "in-process cache"
-    print(f"service: {url}, {args.workers} worker(s), {cache}", file=sys.stderr)
-    return url
-
-
-def locust(url: str, name: str, users: int, seconds: float, extra: list[str], args) -> dict:
-    """One headless Locust run; returns the summary the locustfile wrote (with its exit code)."""
-    summary = REPORTS / f"{name}.json"
-    command = [
-        str(BIN / "locust"),
-        "-f",
-        str(ROOT / "load" / "locustfile.py"),
-        "--headless",
-        "--only-summary",
-        "--host",
-        url,
-        "-u",
-        str(users),
-        "-r",
-        str(max(1, users // 2)),
-        "-t",
-        f"{int(args.warmup + seconds)}s",
-        "--stop-timeout",
-        "10",
-        "--warmup",
-        str(args.warmup),
-        "--csv",
-        str(REPORTS / name),
-        "--html",
-        str(REPORTS / f"{name}.html"),
-        "--summary-json",
-        str(summary),
-        "--loglevel",
-        "WARNING",
-        *extra,
-    ]
-    code = subprocess.run(command, cwd=ROOT).returncode
-    result = json.loads(summary.read_text())
-    result["exit_code"] = code
-    return result
+from harness import REPORTS, Redis, Service, locust
 
 
 def sla(url: str, args) -> int:
@@ -170,7 +33,7 @@ def sla(url: str, args) -> int:
         "--pairs-share",
         str(args.pairs_share),
     ]
-    result = locust(url, "sla", args.users, args.duration, extra, args)
+    result = locust(url, "sla", args.users, args.duration, args.warmup, extra)
     print(
         f"reports: {REPORTS}/sla.html, sla_stats.csv; CPU warning from Locust: "
         f"{result['load_generator_cpu_warning']}"
@@ -196,7 +59,7 @@ def saturate(url: str, args) -> int:
                 "--hit-tolerance",
                 "1",
             ]
-            result = locust(url, f"saturate-{form}-{rate:g}", users, args.step_seconds, extra, args)
+            result = locust(url, f"saturate-{form}-{rate:g}", users, args.step_seconds, args.warmup, extra)
             r, cpu = result["all"], result["load_generator_cpu_warning"]
             ok = r["p95_ms"] < 500 and r["failures"] == 0 and r["rps"] >= 0.95 * rate
             print(
@@ -234,7 +97,7 @@ def main() -> int:
     args = p.parse_args()
     REPORTS.mkdir(parents=True, exist_ok=True)
     with ExitStack() as stack:
-        url = args.url or _service(stack, args)
+        url = args.url or Service(stack, args.workers, Redis(stack).url if args.redis else None).url
         return saturate(url, args) if args.saturate else sla(url, args)
 
 
