@@ -11,15 +11,15 @@ import numpy as np
 
 from heimdall.admission import Admission
 from heimdall.coalesce import Coalescer
-from heimdall.contract import Contract
 from heimdall.http import ops_app, refusals_as_400
 from heimdall.inference import OnnxLocalizer, pack_features, unpack_features
 from heimdall.localizer import Localizer, ServedModel
 from heimdall.metrics import Metrics
 from heimdall.schemas import BatchPrediction, Capture, CaptureSetIn, ConfidenceLevel, Encoding, Prediction
-from heimdall.settings import Settings
+from heimdall.servable import load_servable
+from heimdall.settings import load_settings
 
-settings = Settings()
+settings = load_settings()
 
 
 def _current() -> Heimdall:
@@ -44,7 +44,9 @@ class Heimdall:
         # worker (and BentoML's /readyz) only comes up with a working model.
         start = time.perf_counter()
         self.metrics = Metrics()
-        contract = Contract.load(self.model.path_of("contract.json"))
+        contract = load_servable(
+            self.model.path_of("model.onnx"), self.model.path_of("contract.json"), str(self.model.tag)
+        )
         self.onnx = OnnxLocalizer(self.model.path_of("model.onnx"), contract, threads=settings.onnx_threads)
         self.onnx.warm_up()
         served = ServedModel(
@@ -88,9 +90,7 @@ class Heimdall:
         use_cache: bool = True,
     ) -> Prediction:
         """Locate the transmitter heard in one capture set."""
-        return await self.localizer.predict(
-            CaptureSetIn(captures=captures, encoding=encoding), confidence_level, use_cache
-        )
+        return await self.localizer.predict(captures, encoding, confidence_level, use_cache)
 
     @bentoml.api(route="/predict/batch")
     @refusals_as_400

@@ -18,7 +18,7 @@ from heimdall.errors import InputError
 from heimdall.inference import ModelOutput
 from heimdall.metrics import Metrics
 from heimdall.postprocess import describe
-from heimdall.schemas import BatchItem, BatchPrediction, CaptureSetIn, ItemError, Prediction
+from heimdall.schemas import BatchItem, BatchPrediction, Capture, CaptureSetIn, ItemError, Prediction
 from heimdall.settings import Settings
 
 Infer = Callable[[np.ndarray], Awaitable[np.ndarray]]
@@ -70,9 +70,15 @@ class Localizer:
         except InputError as exc:
             raise self._rejected(exc) from None
 
-    def _decode_set(self, item: CaptureSetIn, field: str = "captures") -> CaptureSet:
+    def _decode_set(self, captures: list[Capture], encoding: str, field: str = "captures") -> CaptureSet:
+        """Decodes, then empties `captures`: the caller's input model would keep those parsed
+        lists (~10x the body's size for JSON lists) alive until the response is sent, and a
+        worker holding many requests would hold them all."""
         contract, max_samples = self.model.contract, self.settings.max_samples
-        return self._decode(decode_captures, item.captures, item.encoding, contract, max_samples, field)
+        try:
+            return self._decode(decode_captures, captures, encoding, contract, max_samples, field)
+        finally:
+            captures.clear()
 
     async def _answer(self, capture: CaptureSet, level: float, use_cache: bool, start: float) -> Prediction:
         result = await self._estimate(capture, use_cache=use_cache)
@@ -88,9 +94,11 @@ class Localizer:
             server_ms=(time.perf_counter() - start) * 1e3,
         )
 
-    async def predict(self, captures: CaptureSetIn, level: float, use_cache: bool) -> Prediction:
+    async def predict(
+        self, captures: list[Capture], encoding: str, level: float, use_cache: bool
+    ) -> Prediction:
         start = time.perf_counter()
-        return await self._answer(self._decode_set(captures), level, use_cache, start)
+        return await self._answer(self._decode_set(captures, encoding), level, use_cache, start)
 
     async def predict_octets(
         self, body: bytes, stations: Sequence[str], encoding: str, level: float, use_cache: bool
@@ -118,7 +126,7 @@ class Localizer:
 
         async def one(i: int, item: CaptureSetIn) -> tuple[BatchItem, int]:
             try:
-                capture = self._decode_set(item, f"items[{i}].captures")
+                capture = self._decode_set(item.captures, item.encoding, f"items[{i}].captures")
             except InputError as exc:
                 error = ItemError(
                     field=exc.field,

@@ -30,7 +30,9 @@ from payloads import CaptureSets, Form  # noqa: E402
 
 JSON = {"content-type": "application/json"}
 POOL: CaptureSets | None = None
+ARGS = None  # the parsed options, once Locust has them
 COUNTS = {"predictions": 0, "cached": 0, "repeats_missed": 0, "fresh_hit": 0}
+TIMELINE: list[tuple[float, float, str, int]] = []
 
 
 @events.init_command_line_parser.add_listener
@@ -48,12 +50,13 @@ def _options(parser) -> None:
     group.add_argument("--sla-p95-ms", type=float, default=500.0, help="SLA: P95 bound, ms")
     group.add_argument("--hit-tolerance", type=float, default=0.03, help="SLA: |hit rate - share| bound")
     group.add_argument("--summary-json", default="", help="write the figures and verdict here")
+    group.add_argument("--timeline", default="", help="write every request (time, ms, name, status) here")
 
 
 @events.init.add_listener
 def _prepare(environment, **_kwargs) -> None:
-    global POOL
-    opts = environment.parsed_options
+    global POOL, ARGS
+    opts = ARGS = environment.parsed_options
     if opts is None:
         return
     forms: tuple[Form, ...] = tuple(
@@ -175,8 +178,18 @@ def summary(environment) -> dict:
     }
 
 
+@events.request.add_listener
+def _record(name, response_time, response, **_kwargs) -> None:
+    if ARGS is not None and ARGS.timeline:
+        TIMELINE.append((time.time(), response_time, name, getattr(response, "status_code", 0) or 0))
+
+
 @events.quitting.add_listener
 def _gate(environment, **_kwargs) -> None:
+    if environment.parsed_options.timeline:
+        with open(environment.parsed_options.timeline, "w") as out:
+            out.write("time,ms,name,status\n")
+            out.writelines(f"{t:.3f},{ms:.1f},{name},{status}\n" for t, ms, name, status in TIMELINE)
     result = summary(environment)
     environment.process_exit_code = 0 if result["pass"] else 1
     if environment.parsed_options.summary_json:
