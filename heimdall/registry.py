@@ -43,8 +43,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from heimdall.contract import Contract
-from heimdall.errors import ModelNotServable
-from heimdall.servable import check_servable, read_contract
+from heimdall.servable import load_servable
 
 DEFAULT_NAME = "heimdall-localizer"
 DEFAULT_ALIAS = "production"
@@ -238,11 +237,7 @@ def import_model(uri: str, tracking_uri: str | None = None) -> bentoml.Model:
         raise RegistryError(f"{uri}: not found in {public_uri(tracking)} ({exc.message})") from None
     with tempfile.TemporaryDirectory(prefix="heimdall-import-") as tmp:
         model_path, contract_path = _download(name, str(mv.version), tracking, Path(tmp))
-        try:
-            contract = read_contract(contract_path)
-            check_servable(onnx.load(model_path), contract)
-        except ModelNotServable as exc:
-            raise ModelNotServable(f"{uri} (version {mv.version}) cannot be served: {exc}") from None
+        contract = load_servable(model_path, contract_path, f"{uri} (version {mv.version})")
         digest = hashlib.sha256(model_path.read_bytes()).hexdigest()
         tag = bentoml.Tag(_bento_name(name), f"v{mv.version}-{contract.fingerprint()}-{digest[:12]}")
         try:
@@ -281,8 +276,7 @@ def load_bento_model(tag: str | bentoml.Tag | bentoml.Model) -> tuple[Path, Cont
     """
     stored = tag if isinstance(tag, bentoml.Model) else bentoml.models.get(tag)
     model_dir = Path(stored.path)
-    contract = read_contract(model_dir / CONTRACT_FILE)
-    check_servable(onnx.load(model_dir / MODEL_FILE), contract)
+    contract = load_servable(model_dir / MODEL_FILE, model_dir / CONTRACT_FILE, str(stored.tag))
     info = {
         "tag": str(stored.tag),
         "name": stored.tag.name,

@@ -1,6 +1,7 @@
 """What this code can serve: a contract version it knows, and a graph whose inputs
 and outputs match what the contract promises. Checked on import into the BentoML
-store, by the code that will serve the model, so a refusal names each difference."""
+store, by the code that will serve the model, so a refusal names each difference,
+and again when the service starts: the store may hold models imported by other means."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import json
 from pathlib import Path
 
 import onnx
+from google.protobuf.message import DecodeError
 from pydantic import ValidationError
 
 from heimdall.contract import SUPPORTED_CONTRACT_VERSIONS, Contract
@@ -65,3 +67,17 @@ def check_servable(model: onnx.ModelProto, contract: Contract) -> None:
             problems.append(f"output {name!r} shape: expected (batch, {width}), found {_shape(found)}")
     if problems:
         raise ModelNotServable("; ".join(problems))
+
+
+def load_servable(model_path: Path, contract_path: Path, what: str) -> Contract:
+    """The contract, once the graph is known to match it; ModelNotServable names `what` and the problem."""
+    try:
+        contract = read_contract(contract_path)
+        try:
+            graph = onnx.load(model_path)
+        except (OSError, DecodeError) as exc:
+            raise ModelNotServable(f"model: cannot read {model_path} as an ONNX graph: {exc}") from None
+        check_servable(graph, contract)
+    except ModelNotServable as exc:
+        raise ModelNotServable(f"{what} cannot be served: {exc}") from None
+    return contract

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from pydantic import Field, SecretStr, field_validator
+from bentoml.exceptions import BentoMLConfigException
+from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -62,3 +63,20 @@ class Settings(BaseSettings):
         if not name or (":" in v and not version):
             raise ValueError(f"expected NAME or NAME:VERSION (e.g. heimdall-localizer:latest), got {v!r}")
         return v
+
+
+def load_settings() -> Settings:
+    """Settings from the environment; a bad value stops start-up with one line naming each variable.
+
+    BentoML's CLI prints a BentoMLException as one line, without a traceback. Values are left
+    out: HEIMDALL_REDIS_URL may carry a password.
+    """
+    try:
+        return Settings()
+    except ValidationError as exc:
+        prefix = Settings.model_config["env_prefix"]
+        problems = "; ".join(
+            f"{prefix}{'.'.join(map(str, e['loc'])).upper()}: {e['msg'].removeprefix('Value error, ')}"
+            for e in exc.errors(include_input=False)
+        )
+        raise BentoMLConfigException(f"invalid settings: {problems}") from None
