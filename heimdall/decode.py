@@ -114,7 +114,7 @@ def decode_octets(
 
 
 def _check_encoding(encoding: object) -> None:
-    if encoding not in ENCODINGS:
+    if not isinstance(encoding, str) or encoding not in ENCODINGS:
         raise InputError("encoding", encoding, " or ".join(map(repr, ENCODINGS)), "bad_encoding")
 
 
@@ -176,7 +176,7 @@ def _from_pairs(data: object, max_samples: int, contract: Contract, where: str) 
         raise InputError(where, bad, "a list of [I, Q] pairs of numbers", "ragged_iq")
     types = set(map(type, chain.from_iterable(data)))
     if types & {list, tuple}:
-        bad = next(p for p in data if isinstance(p[0], list | tuple) or isinstance(p[1], list | tuple))
+        bad = next(p for p in data if any(isinstance(x, list | tuple) for x in p))
         raise InputError(where, bad, "a list of [I, Q] pairs of numbers", "ragged_iq")
     if not types <= {int, float}:
         bad = next(t for t in types if t not in (int, float))

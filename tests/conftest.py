@@ -9,12 +9,18 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 from support import RedisServer
 
 # BentoML reads its home when first imported: point it at a throwaway store
 # before any test module imports bentoml.
 os.environ["BENTOML_HOME"] = tempfile.mkdtemp(prefix="heimdall-bentoml-")
 os.environ.setdefault("BENTOML_DO_NOT_TRACK", "true")
+
+# Property-based tests: the same examples on every run (CI is repeatable), no example
+# database left in the work tree, no per-example deadline on a shared 2-core machine.
+settings.register_profile("heimdall", derandomize=True, database=None, deadline=None)
+settings.load_profile("heimdall")
 
 REFERENCE_MODEL = Path(
     os.environ.get("HEIMDALL_TEST_MODEL_DIR", Path(__file__).resolve().parents[1] / "heimdall" / "reference")
