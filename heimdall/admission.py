@@ -1,6 +1,9 @@
 """Admission: the ASGI middleware in front of every route, deciding what each worker takes on.
 
 - A body over `max_bytes` is refused with 413 before anything parses it.
+- A form body (multipart or urlencoded) to an @api route is refused with 415:
+  none takes one, and BentoML would parse it, answering a malformed one (or
+  one with over 1000 fields) with 500. The routes under /v1 read bodies as they are.
 - A worker already working on `max_in_flight` requests answers 503 at once
   (with Retry-After), so under overload the admitted requests keep a bounded
   latency and the rest learn quickly that they should come back.
@@ -22,6 +25,8 @@ from typing import Any
 
 REBALANCE_AT = 4  # requests in flight on this worker beyond which a finished request's connection closes
 _INTERNAL = frozenset({"/infer"})
+_FORMS = frozenset({b"multipart/form-data", b"application/x-www-form-urlencoded"})
+_MOUNTED = "/v1/"  # the Starlette app beside BentoML's @api routes
 
 
 class Admission:
@@ -37,9 +42,16 @@ class Admission:
         self.in_flight = 0
 
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
-        if scope["type"] != "http" or scope["method"] != "POST" or scope["path"] in _INTERNAL:
+        if scope["type"] != "http" or scope["method"] != "POST":
             return await self.app(scope, receive, send)
-        declared = dict(scope["headers"]).get(b"content-length")
+        headers = dict(scope["headers"])
+        media_type = headers.get(b"content-type", b"").partition(b";")[0].strip().lower()
+        if media_type in _FORMS and not scope["path"].startswith(_MOUNTED):
+            error = f"content-type: received {media_type.decode()!r}; expected application/json"
+            return await self._refuse(send, 415, "form_body", error)
+        if scope["path"] in _INTERNAL:
+            return await self.app(scope, receive, send)
+        declared = headers.get(b"content-length")
         if declared is not None and (not declared.isdigit() or int(declared) > self.max_bytes):
             shown = f"{int(declared)} bytes" if declared.isdigit() else "an invalid Content-Length"
             return await self._too_large(send, shown)

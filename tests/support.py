@@ -6,8 +6,13 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def free_port() -> int:
@@ -82,3 +87,49 @@ def stop_group(proc: subprocess.Popen, timeout: float = 20) -> None:
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
+
+
+class Serve:
+    """`bentoml serve service:Heimdall` as operators run it, one worker, on a free port.
+
+    Without `redis_url` the service runs with its in-process cache.
+    """
+
+    def __init__(self, tag: str, log: Path, redis_url: str | None = None) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        env = {
+            **os.environ,
+            "HEIMDALL_MODEL_TAG": tag,
+            "HEIMDALL_CACHE_RETRY_S": "1",
+            "HEIMDALL_CACHE_TIMEOUT_MS": "200",
+            "HEIMDALL_WORKERS": "1",
+            "HEIMDALL_MAX_LATENCY_MS": "200",
+        }
+        if redis_url is not None:
+            env["HEIMDALL_REDIS_URL"] = redis_url
+        self.log = log
+        with log.open("wb") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "bentoml", "serve", "service:Heimdall", "--port", str(self.port)],
+                cwd=ROOT,
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        wait_until(self._ready, 90, "bentoml serve")
+
+    def _ready(self) -> bool:
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"bentoml serve exited:\n{self.log.read_text()[-3000:]}")
+        try:
+            return httpx.get(f"{self.url}/readyz", timeout=1).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def predict(self, body: dict, **extra) -> httpx.Response:
+        return httpx.post(f"{self.url}/predict", json={**body, **extra}, timeout=30)
+
+    def stop(self) -> None:
+        stop_group(self.proc)

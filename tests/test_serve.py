@@ -2,71 +2,26 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import bentoml
 import httpx
 import pytest
-from support import RedisServer, free_port, stop_group, wait_until
+from support import RedisServer, Serve, wait_until
 
 from heimdall.examples import request_body
 from heimdall.simulate import simulate_scenes
 
-ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
-
-
-class Serve:
-    def __init__(self, tag: str, redis_url: str, log: Path) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        env = {
-            **os.environ,
-            "HEIMDALL_MODEL_TAG": tag,
-            "HEIMDALL_REDIS_URL": redis_url,
-            "HEIMDALL_CACHE_RETRY_S": "1",
-            "HEIMDALL_CACHE_TIMEOUT_MS": "200",
-            "HEIMDALL_WORKERS": "1",
-            "HEIMDALL_MAX_LATENCY_MS": "200",
-        }
-        self.log = log
-        with log.open("wb") as out:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "bentoml", "serve", "service:Heimdall", "--port", str(self.port)],
-                cwd=ROOT,
-                env=env,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        wait_until(self._ready, 90, "bentoml serve")
-
-    def _ready(self) -> bool:
-        if self.proc.poll() is not None:
-            raise RuntimeError(f"bentoml serve exited:\n{self.log.read_text()[-3000:]}")
-        try:
-            return httpx.get(f"{self.url}/readyz", timeout=1).status_code == 200
-        except httpx.HTTPError:
-            return False
-
-    def predict(self, body: dict, **extra) -> httpx.Response:
-        return httpx.post(f"{self.url}/predict", json={**body, **extra}, timeout=30)
-
-    def stop(self) -> None:
-        stop_group(self.proc)
 
 
 @pytest.fixture
 def redis_and_service(reference_tag, tmp_path) -> Iterator[tuple[RedisServer, Serve]]:
     redis = RedisServer(tmp_path)
     redis.start()
-    serve = Serve(reference_tag, redis.url, tmp_path / "serve.log")
+    serve = Serve(reference_tag, tmp_path / "serve.log", redis.url)
     yield redis, serve
     serve.stop()
     redis.stop()
