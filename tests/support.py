@@ -92,10 +92,18 @@ def stop_group(proc: subprocess.Popen, timeout: float = 20) -> None:
 class Serve:
     """`bentoml serve service:Heimdall` as operators run it, one worker, on a free port.
 
-    Without `redis_url` the service runs with its in-process cache.
+    Without `redis_url` the service runs with its in-process cache. `extra_env` adds to or
+    overrides its environment; with `wait=False` the caller watches start-up itself.
     """
 
-    def __init__(self, tag: str, log: Path, redis_url: str | None = None) -> None:
+    def __init__(
+        self,
+        tag: str,
+        log: Path,
+        redis_url: str | None = None,
+        extra_env: dict[str, str] | None = None,
+        wait: bool = True,
+    ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         env = {
@@ -105,6 +113,7 @@ class Serve:
             "HEIMDALL_CACHE_TIMEOUT_MS": "200",
             "HEIMDALL_WORKERS": "1",
             "HEIMDALL_MAX_LATENCY_MS": "200",
+            **(extra_env or {}),
         }
         if redis_url is not None:
             env["HEIMDALL_REDIS_URL"] = redis_url
@@ -118,7 +127,8 @@ class Serve:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
-        wait_until(self._ready, 90, "bentoml serve")
+        if wait:
+            wait_until(self._ready, 90, "bentoml serve")
 
     def _ready(self) -> bool:
         if self.proc.poll() is not None:
