@@ -34,6 +34,7 @@ def _current() -> Heimdall:
     # recycling after 100 requests surfaced as 500s under concurrent load.
     runner_connection={"max_requests": 1_000_000_000},
     metrics={"enabled": True, "namespace": "bentoml_service"},
+    logging={"access": {"enabled": settings.access_log}},
 )
 @bentoml.asgi_app(ops_app(lambda: _current().localizer), path="/v1")
 class Heimdall:

@@ -7,11 +7,13 @@
 - A worker already working on `max_in_flight` requests answers 503 at once
   (with Retry-After), so under overload the admitted requests keep a bounded
   latency and the rest learn quickly that they should come back.
-- A busy worker asks its client to reconnect (`Connection: close`). BentoML's
-  workers share one listening socket, and a client keeps the worker it first
-  connected to: 100 keep-alive clients split 70/30 between two workers left one
-  saturated and the other idle. A reconnect is accepted by whichever worker is
-  waiting for work, so connections drift to the idle worker within seconds.
+- A busy worker asks a client to reconnect (`Connection: close`), at most
+  `REBALANCE_PER_S` times a second. BentoML's workers share one listening
+  socket, and a client keeps the worker it first connected to: 100 keep-alive
+  clients split 70/30 between two workers left one saturated and the other
+  idle. A reconnect is accepted by whichever worker is waiting for work, so
+  connections drift to the idle worker within seconds; the rate limit keeps
+  reconnects rare when every worker is busy and moving them gains nothing.
 
 Only POSTs to the public routes are counted; the batchable `/infer` self-call
 rides on requests already counted.
@@ -20,10 +22,12 @@ rides on requests already counted.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable
 from typing import Any
 
-REBALANCE_AT = 4  # requests in flight on this worker beyond which a finished request's connection closes
+REBALANCE_AT = 4  # requests in flight on this worker beyond which it sheds connections
+REBALANCE_PER_S = 10.0
 _INTERNAL = frozenset({"/infer"})
 _FORMS = frozenset({b"multipart/form-data", b"application/x-www-form-urlencoded"})
 _MOUNTED = "/v1/"  # the Starlette app beside BentoML's @api routes
@@ -40,6 +44,7 @@ class Admission:
         self.app, self.on_reject = app, on_reject
         self.max_bytes, self.max_in_flight = max_bytes, max_in_flight
         self.in_flight = 0
+        self._next_shed = 0.0
 
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
         if scope["type"] != "http" or scope["method"] != "POST":
@@ -76,7 +81,10 @@ class Admission:
     def _rebalancing(self, send: Callable) -> Callable:
         async def wrapped(message: dict) -> None:
             if message["type"] == "http.response.start" and self.in_flight > REBALANCE_AT:
-                message["headers"] = [*message.get("headers", ()), (b"connection", b"close")]
+                now = time.monotonic()
+                if now >= self._next_shed:
+                    self._next_shed = now + 1 / REBALANCE_PER_S
+                    message["headers"] = [*message.get("headers", ()), (b"connection", b"close")]
             await send(message)
 
         return wrapped

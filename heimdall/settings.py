@@ -33,6 +33,9 @@ class Settings(BaseSettings):
         1000, ge=1, le=60_000, description="adaptive batcher: latency budget, ms; it answers 503 beyond it"
     )
     onnx_threads: int = Field(1, ge=1, le=64, description="onnxruntime intra-op threads per worker")
+    access_log: bool = Field(
+        False, description="one log line per request; the Prometheus metrics count requests either way"
+    )
     workers: int = Field(2, ge=1, le=64, description="BentoML worker processes")
     max_body_bytes: int = Field(
         16 * 1024 * 1024,
