@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 import gevent
-from locust import FastHttpUser, constant_throughput, events, task
+from locust import FastHttpUser, events, task
 from locust.stats import StatsEntry
 
 sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[1])]
@@ -88,8 +88,18 @@ class HeimdallUser(FastHttpUser):
     network_timeout = 30.0
     connection_timeout = 10.0
 
+    def on_start(self) -> None:
+        # Each user keeps its own random phase: request k is due at phase + k / rate,
+        # whenever the previous one finished. Locust's constant_throughput counts from the
+        # last request's end instead, so a slow start (every capture new, the batcher warming
+        # up) left all users firing within the same 200 ms of every second, measuring
+        # the queue of their own burst rather than the service.
+        self._due = time.monotonic() + POOL.rng.random() / self.environment.parsed_options.rate_per_user
+        gevent.sleep(self._due - time.monotonic())
+
     def wait_time(self) -> float:
-        return constant_throughput(self.environment.parsed_options.rate_per_user)(self)
+        self._due += 1 / self.environment.parsed_options.rate_per_user
+        return max(0.0, self._due - time.monotonic())
 
     def _form(self) -> Form:
         return "pairs" if POOL.rng.random() < self.environment.parsed_options.pairs_share else "int16"
