@@ -164,11 +164,13 @@ def redis_outage(args) -> bool:
         )
     failures = sum(r[3] != 200 for r in rows)
     p95_down, budget = _p95([r[1] for r in phases["down"]]), _p95(uncached)
-    ok = failures == 0 and p95_down <= budget and resumed is not None and resumed <= args.retry_s + 5
+    # 1.5x: P95 differs by up to a third between identical runs on this 2-core machine; a
+    # request that waited on a dead connection would pay `cache_timeout_ms` (150 ms) more.
+    ok = failures == 0 and p95_down <= 1.5 * budget and resumed is not None and resumed <= args.retry_s + 5
     shown = f"{resumed:.1f} s" if resumed is not None else "never"
     print(
         f"faults redis: {'PASS' if ok else 'FAIL'}  failures {failures}; P95 while down {p95_down:.0f} ms "
-        f"<= uncached P95 {budget:.0f} ms; caching resumed {shown} after Redis returned"
+        f"<= 1.5 x uncached P95 {budget:.0f} ms; caching resumed {shown} after Redis returned"
     )
     return ok
 
