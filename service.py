@@ -58,7 +58,7 @@ class Heimdall:
             load_seconds=time.perf_counter() - start,
         )
         if settings.adaptive_batching:
-            infer = Coalescer(self._infer_batched, max_rows=settings.max_batch_size)
+            infer = Coalescer(self._infer_batched, self._infer_direct, max_rows=settings.max_batch_size)
         else:
             infer = self._infer_direct
         self.localizer = Localizer(served, settings, self.metrics, infer)

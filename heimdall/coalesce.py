@@ -6,8 +6,14 @@ for one row. Funnelling the rows that arrive while a call is in flight into
 the next call amortizes that cost; BentoML's adaptive batcher then merges the
 calls that overlap (up to `max_in_flight` at a time), and its batch-size
 histogram counts those calls: with one call in flight it would show 1 however
-many rows each carried. There is no timer: an idle service sends a row at
-once, a busy one sends bigger batches.
+many rows each carried.
+
+A row that arrives alone (nothing queued or in flight) runs directly through
+`alone`, without the batcher: BentoML's batcher holds a lone call for the
+average wait it learned from recent batches, and after a burst of overload it
+kept that wait (80 ms, against 8 ms idle) through minutes of quiet traffic.
+There is no timer: an idle service runs a row at once, a busy one sends
+bigger batches.
 """
 
 from __future__ import annotations
@@ -18,17 +24,24 @@ from collections.abc import Awaitable, Callable
 import numpy as np
 
 BatchCall = Callable[[list[np.ndarray]], Awaitable[np.ndarray]]
+RowCall = Callable[[np.ndarray], Awaitable[np.ndarray]]
 
 
 class Coalescer:
-    def __init__(self, call: BatchCall, max_in_flight: int = 4, max_rows: int = 64) -> None:
-        self._call = call
+    def __init__(self, call: BatchCall, alone: RowCall, max_in_flight: int = 4, max_rows: int = 64) -> None:
+        self._call, self._alone = call, alone
         self._max_in_flight = max_in_flight
         self._max_rows = max_rows
         self._queue: list[tuple[np.ndarray, asyncio.Future[np.ndarray]]] = []
         self._in_flight = 0
 
     async def __call__(self, row: np.ndarray) -> np.ndarray:
+        if self._in_flight == 0 and not self._queue:
+            self._in_flight += 1
+            try:
+                return await self._alone(row)
+            finally:
+                self._in_flight -= 1
         future: asyncio.Future[np.ndarray] = asyncio.get_running_loop().create_future()
         self._queue.append((row, future))
         if self._in_flight < self._max_in_flight:
