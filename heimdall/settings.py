@@ -44,7 +44,7 @@ class Settings(BaseSettings):
         description="largest request body, bytes, refused before parsing",
     )
     max_in_flight: int = Field(
-        64, ge=1, le=100_000, description="requests one worker works on at once; beyond it, 503 at once"
+        32, ge=1, le=100_000, description="requests one worker works on at once; beyond it, 503 at once"
     )
     max_samples: int = Field(65_536, ge=256, description="most IQ samples per receiver")
     max_batch_items: int = Field(100, ge=1, le=10_000, description="most capture sets in one batch request")
