@@ -16,7 +16,7 @@
   reconnects rare when every worker is busy and moving them gains nothing.
 
 Only POSTs to the public routes are counted; the batchable `/infer` self-call
-rides on requests already counted.
+rides on requests already counted (its body is still limited).
 """
 
 from __future__ import annotations
@@ -54,12 +54,12 @@ class Admission:
         if media_type in _FORMS and not scope["path"].startswith(_MOUNTED):
             error = f"content-type: received {media_type.decode()!r}; expected application/json"
             return await self._refuse(send, 415, "form_body", error)
-        if scope["path"] in _INTERNAL:
-            return await self.app(scope, receive, send)
         declared = headers.get(b"content-length")
         if declared is not None and (not declared.isdigit() or int(declared) > self.max_bytes):
             shown = f"{int(declared)} bytes" if declared.isdigit() else "an invalid Content-Length"
             return await self._too_large(send, shown)
+        if scope["path"] in _INTERNAL:
+            return await self.app(scope, receive, send)
         if self.in_flight >= self.max_in_flight:
             return await self._refuse(
                 send, 503, "overloaded", f"{self.max_in_flight} requests in flight on this worker; retry"
