@@ -58,21 +58,20 @@ class Admission:
         if declared is not None and (not declared.isdigit() or int(declared) > self.max_bytes):
             shown = f"{int(declared)} bytes" if declared.isdigit() else "an invalid Content-Length"
             return await self._too_large(send, shown)
-        if scope["path"] in _INTERNAL:
-            return await self.app(scope, receive, send)
-        if self.in_flight >= self.max_in_flight:
+        counted = scope["path"] not in _INTERNAL
+        if counted and self.in_flight >= self.max_in_flight:
             return await self._refuse(
                 send, 503, "overloaded", f"{self.max_in_flight} requests in flight on this worker; retry"
             )
-        self.in_flight += 1
+        self.in_flight += counted
         try:
             if declared is None:
                 receive = await self._buffered(receive, send)
                 if receive is None:
                     return
-            await self.app(scope, receive, self._rebalancing(send))
+            await self.app(scope, receive, self._rebalancing(send) if counted else send)
         finally:
-            self.in_flight -= 1
+            self.in_flight -= counted
 
     async def _too_large(self, send: Callable, shown: str) -> None:
         error = f"body: received {shown}; expected at most {self.max_bytes} bytes"
