@@ -386,3 +386,58 @@ def test_in_process_cache_can_be_disabled():
         assert h.model.calls == 2
 
     asyncio.run(scenario())
+
+
+def test_rediss_url_talks_tls_with_a_password_and_never_shows_it(tmp_path, caplog):
+    """A real redis-server on a TLS-only port with a password; the URL carries both and the CA."""
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
+         "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen(
+        ["redis-server", "--port", "0", "--tls-port", str(port), "--bind", "127.0.0.1", "--save", "",
+         "--tls-cert-file", str(cert), "--tls-key-file", str(key), "--tls-ca-cert-file", str(cert),
+         "--tls-auth-clients", "no", "--requirepass", "tls-s3cret", "--dir", str(tmp_path)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    url = f"rediss://:tls-s3cret@127.0.0.1:{port}/0?ssl_ca_certs={cert}"
+    try:
+        client = redis.Redis.from_url(url, socket_timeout=0.5)
+        deadline = time.monotonic() + 5
+        while True:
+            try:
+                client.ping()
+                break
+            except redis.ConnectionError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+        with pytest.raises(redis.ConnectionError):  # the port speaks TLS only
+            redis.Redis.from_url(f"redis://:tls-s3cret@127.0.0.1:{port}/0", socket_timeout=0.5).ping()
+
+        async def scenario():
+            h = Harness(url)
+            c = capture(11)
+            assert (await h.predict(c)).hit is False
+            await settled(h, c, client)
+            assert (await h.predict(c)).hit and h.model.calls == 1
+            await h.cache.close()
+            return h
+
+        h = asyncio.run(scenario())
+        assert client.get(h.key(c := capture(11))) == encode_value(answer(c))
+        proc.kill()
+        proc.wait()
+        with caplog.at_level(logging.WARNING, logger="heimdall.cache"):
+            asyncio.run(Harness(url).predict(capture(12)))  # Redis gone: served uncached, logged once
+        assert "failed" in caplog.text and "tls-s3cret" not in caplog.text
+        assert "tls-s3cret" not in str(h.cache.stats())
+        client.close()
+    finally:
+        proc.kill()
+        proc.wait()
