@@ -33,15 +33,16 @@ class Coalescer:
         self._max_in_flight = max_in_flight
         self._max_rows = max_rows
         self._queue: list[tuple[np.ndarray, asyncio.Future[np.ndarray]]] = []
-        self._in_flight = 0
+        self._in_flight = 0  # batch calls
+        self._alone_busy = False
 
     async def __call__(self, row: np.ndarray) -> np.ndarray:
-        if self._in_flight == 0 and not self._queue:
-            self._in_flight += 1
+        if not (self._alone_busy or self._in_flight or self._queue):
+            self._alone_busy = True
             try:
                 return await self._alone(row)
             finally:
-                self._in_flight -= 1
+                self._alone_busy = False
         future: asyncio.Future[np.ndarray] = asyncio.get_running_loop().create_future()
         self._queue.append((row, future))
         if self._in_flight < self._max_in_flight:
