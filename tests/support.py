@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import httpx
+import redis
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -32,35 +33,36 @@ def wait_until(check, timeout: float, what: str, interval: float = 0.1):
 
 
 class RedisServer:
-    """A private redis-server on a free loopback port, so tests can stop and restart it."""
+    """A private redis-server on a free loopback port, so tests can stop, restart and pause it.
 
-    def __init__(self, workdir: Path) -> None:
+    With `password` it requires one; with `tls` (a certificate and key, PEM, the certificate
+    also serving as the CA) its port speaks TLS only and `url` is a `rediss://` URL.
+    """
+
+    def __init__(
+        self, workdir: Path, password: str | None = None, tls: tuple[Path, Path] | None = None
+    ) -> None:
         self.port = free_port()
-        self.workdir = workdir
+        self.workdir, self.password, self.tls = workdir, password, tls
         self.proc: subprocess.Popen | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        auth = f":{password}@" if password else ""
+        scheme, query = ("rediss", f"?ssl_ca_certs={tls[0]}") if tls else ("redis", "")
+        self.url = f"{scheme}://{auth}127.0.0.1:{self.port}/0{query}"
 
     def start(self) -> None:
-        self.proc = subprocess.Popen(
-            [
-                "redis-server",
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                str(self.workdir),
-            ],
-            stdout=subprocess.DEVNULL,
-        )
-        wait_until(self._answers, 10, f"redis-server on port {self.port}")
+        args = ["redis-server", "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+        args += ["--dir", str(self.workdir)]
+        if self.tls:
+            cert, key = map(str, self.tls)
+            args += ["--port", "0", "--tls-port", str(self.port), "--tls-auth-clients", "no"]
+            args += ["--tls-cert-file", cert, "--tls-key-file", key, "--tls-ca-cert-file", cert]
+        else:
+            args += ["--port", str(self.port)]
+        if self.password:
+            args += ["--requirepass", self.password]
+        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        with redis.Redis.from_url(self.url, socket_timeout=0.2) as client:
+            wait_until(lambda: _pings(client), 10, f"redis-server on port {self.port}", interval=0.02)
 
     def stop(self) -> None:
         if self.proc is not None:
@@ -68,13 +70,12 @@ class RedisServer:
             self.proc.wait()
             self.proc = None
 
-    def _answers(self) -> bool:
-        try:
-            with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as s:
-                s.sendall(b"PING\r\n")
-                return s.recv(16).startswith(b"+PONG")
-        except OSError:
-            return False
+
+def _pings(client: redis.Redis) -> bool:
+    try:
+        return bool(client.ping())
+    except redis.ConnectionError:
+        return False
 
 
 def stop_group(proc: subprocess.Popen, timeout: float = 20) -> None:

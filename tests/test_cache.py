@@ -5,17 +5,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-import socket
 import struct
 import subprocess
 import time
 import uuid
-from pathlib import Path
 
 import numpy as np
 import pytest
 import redis
 from prometheus_client import CollectorRegistry
+from support import RedisServer
 
 from heimdall.cache import Cached, PredictionCache, decode_value, encode_value
 from heimdall.contract import Contract
@@ -91,59 +90,12 @@ def shared():
     client.close()
 
 
-class OwnRedis:
-    """A redis-server of our own on a free port, to kill, restart and pause."""
-
-    def __init__(self, tmp: Path, password: str | None = None) -> None:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
-        self.tmp, self.password, self.proc = tmp, password, None
-        auth = f":{password}@" if password else ""
-        self.url = f"redis://{auth}127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        args = [
-            "redis-server",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--port",
-            str(self.port),
-            "--bind",
-            "127.0.0.1",
-            "--dir",
-            str(self.tmp),
-        ]
-        if self.password:
-            args += ["--requirepass", self.password]
-        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        client = redis.Redis.from_url(self.url, socket_timeout=0.2)
-        deadline = time.monotonic() + 5
-        while True:
-            try:
-                client.ping()
-                break
-            except redis.ConnectionError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.02)
-        client.close()
-
-    def kill(self) -> None:
-        if self.proc is not None:
-            self.proc.kill()
-            self.proc.wait()
-            self.proc = None
-
-
 @pytest.fixture
 def own(tmp_path):
-    server = OwnRedis(tmp_path, password="s3cret-pw")
+    server = RedisServer(tmp_path, password="s3cret-pw")
     server.start()
     yield server
-    server.kill()
+    server.stop()
 
 
 async def settled(h: Harness, c: CaptureSet, client: redis.Redis, present: bool = True) -> None:
@@ -312,7 +264,7 @@ def test_outage_serves_uncached_logs_once_and_recovers(own, caplog):
         await settled(h, c, client)
         assert (await h.predict(c)).hit
 
-        own.kill()
+        own.stop()
         for _ in range(10):
             start = time.perf_counter()
             result = await h.predict(c)
@@ -396,32 +348,16 @@ def test_rediss_url_talks_tls_with_a_password_and_never_shows_it(tmp_path, caplo
          "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
         check=True, capture_output=True,
     )  # fmt: skip
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    proc = subprocess.Popen(
-        ["redis-server", "--port", "0", "--tls-port", str(port), "--bind", "127.0.0.1", "--save", "",
-         "--tls-cert-file", str(cert), "--tls-key-file", str(key), "--tls-ca-cert-file", str(cert),
-         "--tls-auth-clients", "no", "--requirepass", "tls-s3cret", "--dir", str(tmp_path)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    url = f"rediss://:tls-s3cret@127.0.0.1:{port}/0?ssl_ca_certs={cert}"
+    server = RedisServer(tmp_path, password="tls-s3cret", tls=(cert, key))
+    server.start()
     try:
-        client = redis.Redis.from_url(url, socket_timeout=0.5)
-        deadline = time.monotonic() + 5
-        while True:
-            try:
-                client.ping()
-                break
-            except redis.ConnectionError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.05)
+        assert server.url.startswith("rediss://")
+        client = redis.Redis.from_url(server.url, socket_timeout=0.5)
         with pytest.raises(redis.ConnectionError):  # the port speaks TLS only
-            redis.Redis.from_url(f"redis://:tls-s3cret@127.0.0.1:{port}/0", socket_timeout=0.5).ping()
+            redis.Redis.from_url(f"redis://:tls-s3cret@127.0.0.1:{server.port}/0", socket_timeout=0.5).ping()
 
         async def scenario():
-            h = Harness(url)
+            h = Harness(server.url)
             c = capture(11)
             assert (await h.predict(c)).hit is False
             await settled(h, c, client)
@@ -431,13 +367,11 @@ def test_rediss_url_talks_tls_with_a_password_and_never_shows_it(tmp_path, caplo
 
         h = asyncio.run(scenario())
         assert client.get(h.key(c := capture(11))) == encode_value(answer(c))
-        proc.kill()
-        proc.wait()
+        client.close()
+        server.stop()
         with caplog.at_level(logging.WARNING, logger="heimdall.cache"):
-            asyncio.run(Harness(url).predict(capture(12)))  # Redis gone: served uncached, logged once
+            asyncio.run(Harness(server.url).predict(capture(12)))  # Redis gone: served uncached, logged once
         assert "failed" in caplog.text and "tls-s3cret" not in caplog.text
         assert "tls-s3cret" not in str(h.cache.stats())
-        client.close()
     finally:
-        proc.kill()
-        proc.wait()
+        server.stop()
