@@ -20,12 +20,10 @@ import base64
 import gc
 import json
 import os
-import signal
 import statistics
-import subprocess
 import sys
 import time
-import urllib.request
+from contextlib import ExitStack
 from pathlib import Path
 
 import aiohttp
@@ -33,12 +31,14 @@ import bentoml
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path[:0] = [str(Path(__file__).resolve().parent), str(ROOT)]
+from harness import REPORTS, Service  # noqa: E402
 
 from heimdall.contract import Contract, FeatureExtractor  # noqa: E402
 from heimdall.decode import decode_captures, decode_octets  # noqa: E402
 from heimdall.examples import example_captures  # noqa: E402
 from heimdall.inference import OnnxLocalizer  # noqa: E402
+from heimdall.settings import Settings  # noqa: E402
 
 CAPTURES = example_captures()
 
@@ -180,34 +180,6 @@ async def _load(
     return result
 
 
-class Server:
-    def __init__(self, target: str, port: int, env: dict[str, str]) -> None:
-        self.port = port
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "bentoml", "serve", target, "--port", str(port)],
-            cwd=ROOT,
-            env={**os.environ, **env},
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-
-    def __enter__(self) -> Server:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/readyz", timeout=1) as r:
-                    if r.status == 200:
-                        return self
-            except OSError:
-                time.sleep(0.3)
-        raise TimeoutError(f"server on port {self.port} not ready")
-
-    def __exit__(self, *exc: object) -> None:
-        os.killpg(self.proc.pid, signal.SIGTERM)
-        self.proc.wait(timeout=30)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -217,13 +189,13 @@ def main() -> None:
     parser.add_argument(
         "--latency-concurrency", type=int, default=4, help="connections for the cache-hit run"
     )
-    parser.add_argument("--port", type=int, default=3210)
     args = parser.parse_args()
 
     def run(url, bodies=None, fixed=None, concurrency=args.concurrency):
         return asyncio.run(_load(url, bodies, fixed, args.seconds, concurrency))
 
-    url = f"http://127.0.0.1:{args.port}/predict"
+    REPORTS.mkdir(parents=True, exist_ok=True)
+    workers = Settings().workers
     rows = []
 
     print("(a) in-process pipeline, one core ...", flush=True)
@@ -232,7 +204,8 @@ def main() -> None:
     rows.append(("(a) in-process limit, batch " + str(best_batch), f"{limit:,.0f} captures/s", ""))
 
     print("(b) framework floor ...", flush=True)
-    with Server("load/floor_service.py:Floor", args.port, {}):
+    with ExitStack() as stack:
+        url = Service(stack, workers, None, target="load/floor_service.py:Floor").url + "/predict"
         floor = run(url, fixed=Bodies("int16").body(0))
     rows.append(
         (
@@ -243,11 +216,13 @@ def main() -> None:
     )
 
     print("(c)-(e) service ...", flush=True)
-    with Server("service:Heimdall", args.port, {}):
+    with ExitStack() as stack:
+        url = Service(stack, workers, None).url + "/predict"
         miss_b64 = run(url, bodies=Bodies("int16"))
         miss_json = run(url, bodies=Bodies("pairs"))
         hit = run(url, fixed=Bodies("int16").body(10**6), concurrency=args.latency_concurrency)
-    with Server("service:Heimdall", args.port, {"HEIMDALL_ADAPTIVE_BATCHING": "false"}):
+    with ExitStack() as stack:
+        url = Service(stack, workers, None, HEIMDALL_ADAPTIVE_BATCHING="false").url + "/predict"
         per_request = run(url, bodies=Bodies("int16"))
 
     floor_ref = min(limit, floor["rps"])
