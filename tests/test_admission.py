@@ -1,0 +1,85 @@
+"""Admission in front of an ASGI app: body limits, form bodies, the in-flight cap, shedding connections."""
+
+from __future__ import annotations
+
+import asyncio
+
+import httpx
+
+from heimdall.admission import REBALANCE_AT, Admission
+
+
+class Held:
+    """An ASGI app that reads the body and answers 200 once `release` is set."""
+
+    def __init__(self) -> None:
+        self.release = asyncio.Event()
+        self.entered = 0
+
+    async def __call__(self, scope, receive, send) -> None:
+        body = b""
+        while True:
+            message = await receive()
+            body += message.get("body", b"")
+            if not message.get("more_body"):
+                break
+        self.entered += 1
+        await self.release.wait()
+        await send(
+            {"type": "http.response.start", "status": 200, "headers": [(b"x-len", str(len(body)).encode())]}
+        )
+        await send({"type": "http.response.body", "body": b"{}"})
+
+
+def client(app, **limits) -> tuple[httpx.AsyncClient, list[str]]:
+    refused: list[str] = []
+    guarded = Admission(app, on_reject=refused.append, **{"max_bytes": 1000, "max_in_flight": 8, **limits})
+    return httpx.AsyncClient(transport=httpx.ASGITransport(guarded), base_url="http://test"), refused
+
+
+def test_bodies_over_the_limit_and_form_bodies_are_refused_before_the_app():
+    async def scenario():
+        app = Held()
+        app.release.set()
+        c, refused = client(app)
+        async with c:
+            assert (await c.post("/predict", content=b"x" * 1000)).headers["x-len"] == "1000"
+            big = await c.post("/predict", content=b"x" * 1001)
+            assert big.status_code == 413 and "1001 bytes" in big.json()["error"]
+
+            async def chunks():
+                for _ in range(3):
+                    yield b"x" * 400
+
+            chunked = await c.post("/predict", content=chunks())  # no Content-Length
+            assert chunked.status_code == 413 and chunked.json()["reason"] == "oversize"
+            form = await c.post("/predict", data={"a": "1"})
+            assert form.status_code == 415 and form.json()["reason"] == "form_body"
+            assert (await c.post("/v1/predict/raw", data={"a": "1"})).status_code == 200  # reads raw bodies
+            assert (await c.post("/infer", content=b"x" * 1001)).status_code == 413
+        assert app.entered == 2 and refused == ["oversize", "oversize", "form_body", "oversize"]
+
+    asyncio.run(scenario())
+
+
+def test_a_full_worker_answers_503_at_once_and_sheds_connections_when_busy():
+    async def scenario():
+        app = Held()
+        c, refused = client(app)
+        async with c:
+            held = [asyncio.ensure_future(c.post("/predict", content=b"{}")) for _ in range(8)]
+            while app.entered < 8:
+                await asyncio.sleep(0.001)
+            extra = await asyncio.wait_for(c.post("/predict", content=b"{}"), 1)  # answered while 8 wait
+            assert extra.status_code == 503 and extra.headers["retry-after"] == "1"
+            internal = asyncio.ensure_future(c.post("/infer", content=b"{}"))  # self-calls are not counted
+            while app.entered < 9:
+                await asyncio.sleep(0.001)
+            app.release.set()
+            answers = await asyncio.gather(*held, internal)
+        assert [r.status_code for r in answers] == [200] * 9 and refused == ["overloaded"]
+        # 8 in flight > REBALANCE_AT: one answer closes its connection; the rate limit spares the rest.
+        closes = [r.headers.get("connection") for r in answers[:8]]
+        assert REBALANCE_AT < 8 and closes.count("close") == 1 and "connection" not in answers[8].headers
+
+    asyncio.run(scenario())
