@@ -31,7 +31,7 @@ import numpy as np
 import psutil
 
 sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[1])]
-from harness import REPORTS, ROOT, Redis, Service, locust_command  # noqa: E402
+from harness import REPORTS, ROOT, Redis, Service, fresh_only, locust_command  # noqa: E402
 
 from heimdall.examples import example_captures, request_body  # noqa: E402
 from heimdall.settings import Settings  # noqa: E402
@@ -67,22 +67,6 @@ def _locust(
     timeline = REPORTS / f"{name}_timeline.csv"
     command = locust_command(url, name, users, seconds, WARMUP, [*extra, "--timeline", str(timeline)])
     return subprocess.Popen(command, cwd=ROOT), timeline
-
-
-def _fresh_only(rate_per_user: float) -> list[str]:
-    """Locust options for single /predict requests, base64 bodies, every capture new (all misses)."""
-    return [
-        "--rate-per-user",
-        f"{rate_per_user:g}",
-        "--repeat-share",
-        "0",
-        "--pairs-share",
-        "0",
-        "--batch-weight",
-        "0",
-        "--hit-tolerance",
-        "1",
-    ]
 
 
 class Probe:
@@ -183,7 +167,7 @@ def overload(args) -> bool:
         for _ in range(20):  # the batcher's first calls train its latency model
             probe.once()
         baseline = [probe.once()[1] for _ in range(30)]
-        proc, path = _locust(service.url, "faults-overload", args.rate, args.seconds, _fresh_only(1.0))
+        proc, path = _locust(service.url, "faults-overload", args.rate, args.seconds, fresh_only(1.0, "0"))
         proc.wait()
         ended = time.time()
         recovered, streak = None, 0

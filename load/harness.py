@@ -136,6 +136,12 @@ class Service:
         return [c.pid for c in children if "_bentoml_impl.worker.service" in " ".join(c.cmdline())]
 
 
+def fresh_only(rate_per_user: float, pairs_share: str) -> list[str]:
+    """Locust options for single /predict requests, every capture new (all misses)."""
+    return ["--rate-per-user", f"{rate_per_user:g}", "--repeat-share", "0", "--pairs-share", pairs_share,
+            "--batch-weight", "0", "--hit-tolerance", "1"]  # fmt: skip
+
+
 def locust_command(
     url: str, name: str, users: int, seconds: float, warmup: float, extra: list[str]
 ) -> list[str]:

@@ -21,7 +21,7 @@ import argparse
 import sys
 from contextlib import ExitStack
 
-from harness import REPORTS, Redis, Service, locust
+from harness import REPORTS, Redis, Service, fresh_only, locust
 
 
 def sla(url: str, args) -> int:
@@ -47,18 +47,7 @@ def saturate(url: str, args) -> int:
         best = None
         for rate in rates:
             users = max(args.users, int(rate))
-            extra = [
-                "--rate-per-user",
-                f"{rate / users:g}",
-                "--repeat-share",
-                "0",
-                "--pairs-share",
-                pairs_share,
-                "--batch-weight",
-                "0",
-                "--hit-tolerance",
-                "1",
-            ]
+            extra = fresh_only(rate / users, pairs_share)
             result = locust(url, f"saturate-{form}-{rate:g}", users, args.step_seconds, args.warmup, extra)
             r, cpu = result["all"], result["load_generator_cpu_warning"]
             ok = r["p95_ms"] < 500 and r["failures"] == 0 and r["rps"] >= 0.95 * rate
