@@ -9,6 +9,7 @@ import time
 import bentoml
 import numpy as np
 
+from heimdall import json_body
 from heimdall.admission import Admission
 from heimdall.coalesce import Coalescer
 from heimdall.http import ops_app, refusals_as_400
@@ -81,7 +82,7 @@ class Heimdall:
         self.metrics.inference_seconds.observe(time.perf_counter() - start)
         return out
 
-    @bentoml.api(route="/predict")
+    @json_body.api(route="/predict")
     @refusals_as_400
     async def predict(
         self,
@@ -93,7 +94,7 @@ class Heimdall:
         """Locate the transmitter heard in one capture set."""
         return await self.localizer.predict(captures, encoding, confidence_level, use_cache)
 
-    @bentoml.api(route="/predict/batch")
+    @json_body.api(route="/predict/batch")
     @refusals_as_400
     async def predict_batch(
         self, items: list[CaptureSetIn], confidence_level: ConfidenceLevel = 0.95, use_cache: bool = True

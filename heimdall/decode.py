@@ -160,7 +160,13 @@ def _check_count(n: int, max_samples: int, contract: Contract, where: str) -> No
 
 
 def _from_pairs(data: object, max_samples: int, contract: Contract, where: str) -> _Decoded:
-    """JSON [[I, Q], ...] ADC counts -> complex64 full scale (and the counts, when integers)."""
+    """JSON [[I, Q], ...] ADC counts -> complex64 full scale (and the counts, when integers).
+
+    `data` is the parsed lists, or an (n, 2) array of numbers (`heimdall.json_body`
+    reads pair lists straight into one).
+    """
+    if isinstance(data, np.ndarray):
+        return _from_pair_array(data, max_samples, contract, where)
     if not isinstance(data, list | tuple):
         raise InputError(where, data, "a list of [I, Q] pairs or a base64 string", "ragged_iq")
     _check_count(len(data), max_samples, contract, where)
@@ -185,8 +191,26 @@ def _from_pairs(data: object, max_samples: int, contract: Contract, where: str) 
         values = np.fromiter(chain.from_iterable(data), dtype=np.float64, count=2 * len(data))
     except OverflowError as exc:  # an integer beyond float64
         raise InputError(where, "an integer too large", "int16 ADC counts", "out_of_range") from exc
+    return _from_counts(values, where, counts_known=float not in types)
+
+
+def _from_pair_array(data: np.ndarray, max_samples: int, contract: Contract, where: str) -> _Decoded:
+    if data.ndim != 2 or data.shape[1] != 2 or data.dtype.kind not in "iuf":
+        raise InputError(
+            where,
+            f"a {data.dtype} array of shape {data.shape}",
+            "a list of [I, Q] pairs of numbers",
+            "ragged_iq",
+        )
+    _check_count(len(data), max_samples, contract, where)
+    # Whether the values are whole counts is left to `_canonical`, which checks it for hashing.
+    return _from_counts(data.reshape(-1).astype(np.float64, copy=False), where, counts_known=False)
+
+
+def _from_counts(values: np.ndarray, where: str, counts_known: bool) -> _Decoded:
+    """float64 interleaved ADC counts -> complex64 full scale (and the int16 counts, if `counts_known`)."""
     _check_range(values, _INT16_MIN, _INT16_MAX, where, "int16 ADC counts")
-    counts = values.astype("<i2") if float not in types else None
+    counts = values.astype("<i2") if counts_known else None
     interleaved = values.astype(np.float32)
     interleaved *= _SCALE
     return _complex(interleaved), counts
