@@ -19,6 +19,7 @@ from heimdall.metrics import Metrics
 from heimdall.schemas import BatchPrediction, Capture, CaptureSetIn, ConfidenceLevel, Encoding, Prediction
 from heimdall.servable import load_servable
 from heimdall.settings import load_settings
+from heimdall.shutdown import stop_listening_on_sigterm
 
 settings = load_settings()
 
@@ -69,6 +70,7 @@ class Heimdall:
         # Freeze what exists now (it lives as long as the worker) and collect rarely.
         gc.freeze()
         gc.set_threshold(100_000, 20, 100)
+        stop_listening_on_sigterm()
 
     async def _infer_batched(self, rows: list[np.ndarray]) -> np.ndarray:
         return np.asarray(await self.to_async.infer([pack_features(r) for r in rows]))
