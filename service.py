@@ -11,7 +11,7 @@ import numpy as np
 
 from heimdall import json_body
 from heimdall.admission import Admission
-from heimdall.coalesce import Coalescer
+from heimdall.batching import LoneRowBypass, batch_caller
 from heimdall.http import ops_app, refusals_as_400
 from heimdall.inference import OnnxLocalizer, pack_features, unpack_features
 from heimdall.localizer import Localizer, ServedModel
@@ -32,9 +32,6 @@ def _current() -> Heimdall:
     name="heimdall",
     workers=settings.workers,
     traffic={"timeout": 30},
-    # The self-call to the batchable API reuses pooled connections; the default
-    # recycling after 100 requests surfaced as 500s under concurrent load.
-    runner_connection={"max_requests": 1_000_000_000},
     metrics={"enabled": True, "namespace": "bentoml_service"},
     logging={"access": {"enabled": settings.access_log}},
 )
@@ -59,21 +56,24 @@ class Heimdall:
             labels=dict(self.model.info.labels),
             load_seconds=time.perf_counter() - start,
         )
+        self._batched_infer = None  # the batcher can only be reached once the worker's app is up
         if settings.adaptive_batching:
-            infer = Coalescer(self._infer_batched, self._infer_direct, max_rows=settings.max_batch_size)
+            infer = LoneRowBypass(self._infer_batched, self._infer_direct)
         else:
             infer = self._infer_direct
         self.localizer = Localizer(served, settings, self.metrics, infer)
-        # A JSON-lists capture set allocates ~30k lists per receiver. With CPython's
-        # default thresholds that triggers hundreds of collections per request, each
-        # re-scanning the worker's ~250k long-lived objects and the request's own lists.
-        # Freeze what exists now (it lives as long as the worker) and collect rarely.
+        # With CPython's default thresholds a request triggers collections that re-scan the
+        # worker's ~250k long-lived objects (and a JSON body the fast reader does not take
+        # becomes ~30k lists per receiver, hundreds of collections). Freeze what exists now
+        # (it lives as long as the worker) and collect rarely.
         gc.freeze()
         gc.set_threshold(100_000, 20, 100)
         stop_listening_on_sigterm()
 
-    async def _infer_batched(self, rows: list[np.ndarray]) -> np.ndarray:
-        return np.asarray(await self.to_async.infer([pack_features(r) for r in rows]))
+    async def _infer_batched(self, features: np.ndarray) -> np.ndarray:
+        if self._batched_infer is None:
+            self._batched_infer = batch_caller(self, "infer", "features")
+        return np.asarray((await self._batched_infer([pack_features(features)]))[0])
 
     async def _infer_direct(self, features: np.ndarray) -> np.ndarray:
         return (await asyncio.to_thread(self._run, features[None]))[0]

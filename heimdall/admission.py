@@ -15,8 +15,8 @@
   connections drift to the idle worker within seconds; the rate limit keeps
   reconnects rare when every worker is busy and moving them gains nothing.
 
-Only POSTs to the public routes are counted; the batchable `/infer` self-call
-rides on requests already counted (its body is still limited).
+Every POST is counted, `/infer` too: the service reaches its batcher in-process
+(`heimdall.batching`), so a POST to `/infer` comes from a client like any other.
 """
 
 from __future__ import annotations
@@ -28,7 +28,6 @@ from typing import Any
 
 REBALANCE_AT = 4  # requests in flight on this worker beyond which it sheds connections
 REBALANCE_PER_S = 10.0
-_INTERNAL = frozenset({"/infer"})
 _FORMS = frozenset({b"multipart/form-data", b"application/x-www-form-urlencoded"})
 _MOUNTED = "/v1/"  # the Starlette app beside BentoML's @api routes
 
@@ -58,20 +57,19 @@ class Admission:
         if declared is not None and (not declared.isdigit() or int(declared) > self.max_bytes):
             shown = f"{int(declared)} bytes" if declared.isdigit() else "an invalid Content-Length"
             return await self._too_large(send, shown)
-        counted = scope["path"] not in _INTERNAL
-        if counted and self.in_flight >= self.max_in_flight:
+        if self.in_flight >= self.max_in_flight:
             return await self._refuse(
                 send, 503, "overloaded", f"{self.max_in_flight} requests in flight on this worker; retry"
             )
-        self.in_flight += counted
+        self.in_flight += 1
         try:
             if declared is None:
                 receive = await self._buffered(receive, send)
                 if receive is None:
                     return
-            await self.app(scope, receive, self._rebalancing(send) if counted else send)
+            await self.app(scope, receive, self._rebalancing(send))
         finally:
-            self.in_flight -= counted
+            self.in_flight -= 1
 
     async def _too_large(self, send: Callable, shown: str) -> None:
         error = f"body: received {shown}; expected at most {self.max_bytes} bytes"
