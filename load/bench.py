@@ -8,7 +8,10 @@ Prints, from one run on this machine:
   (d) the same with JSON [[I, Q], ...] lists;
   (e) cache-hit latency, at the server and at the client.
 
-Usage: python load/bench.py [--seconds 8] [--concurrency 32]
+(b)-(d) run side by side: their windows alternate over several rounds and each figure is
+the median, so the ratios compare measurements taken in the same minutes.
+
+Usage: python load/bench.py [--seconds 5] [--rounds 3] [--concurrency 32]
 Needs the model imported into the BentoML store (`make model`).
 """
 
@@ -29,6 +32,7 @@ from pathlib import Path
 import aiohttp
 import bentoml
 import numpy as np
+import psutil
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(Path(__file__).resolve().parent), str(ROOT)]
@@ -144,9 +148,14 @@ def decode_costs() -> dict[str, float]:
     return out
 
 
+def _cpu_seconds(pids: list[int]) -> float:
+    return sum(sum(psutil.Process(p).cpu_times()[:2]) for p in pids)
+
+
 async def _load(
-    url: str, bodies: Bodies | None, fixed: bytes | None, seconds: float, concurrency: int
+    url: str, bodies: Bodies | None, fixed: bytes | None, seconds: float, concurrency: int, pids: list[int]
 ) -> dict:
+    """Closed-loop load from `concurrency` connections; with the server's CPU per request (`pids`)."""
     latencies: list[float] = []
     server_ms: list[float] = []
     failures = 0
@@ -175,12 +184,13 @@ async def _load(
         deadline = time.perf_counter() + 2.0  # warm-up, not counted (batcher warm-up, connections)
         await asyncio.gather(*(worker(session, False) for _ in range(concurrency)))
         deadline = time.perf_counter() + seconds
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), _cpu_seconds(pids)
         await asyncio.gather(*(worker(session, True) for _ in range(concurrency)))
-        elapsed = time.perf_counter() - start
+        elapsed, cpu = time.perf_counter() - start, _cpu_seconds(pids) - cpu
     q = statistics.quantiles(latencies, n=100) if len(latencies) > 1 else [float("nan")] * 99
     result = {
         "rps": len(latencies) / elapsed,
+        "cpu_ms": cpu / len(latencies) * 1e3,
         "p50_ms": q[49] * 1e3,
         "p95_ms": q[94] * 1e3,
         "failures": failures,
@@ -192,19 +202,29 @@ async def _load(
     return result
 
 
+def _median(runs: list[dict]) -> dict:
+    """The median of each figure over rounds (failures and statuses summed)."""
+    out = {k: statistics.median(r[k] for r in runs) for k in ("rps", "p50_ms", "p95_ms", "cpu_ms")}
+    out["failures"] = sum(r["failures"] for r in runs)
+    out["statuses"] = {s: sum(r["statuses"].get(s, 0) for r in runs) for r in runs for s in r["statuses"]}
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--seconds", type=float, default=8.0)
+    parser.add_argument("--seconds", type=float, default=5.0, help="seconds per measured window")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds of (b)-(d)")
     parser.add_argument("--concurrency", type=int, default=32, help="connections for throughput runs")
     parser.add_argument(
         "--latency-concurrency", type=int, default=4, help="connections for the cache-hit run"
     )
     args = parser.parse_args()
 
-    def run(url, bodies=None, fixed=None, concurrency=args.concurrency):
-        return asyncio.run(_load(url, bodies, fixed, args.seconds, concurrency))
+    def run(service, bodies=None, fixed=None, concurrency=args.concurrency):
+        url = service.url + "/predict"
+        return asyncio.run(_load(url, bodies, fixed, args.seconds, concurrency, service.workers()))
 
     REPORTS.mkdir(parents=True, exist_ok=True)
     workers = Settings().workers
@@ -215,44 +235,61 @@ def main() -> None:
     decode_ms = decode_costs()
     rows.append(("(a) in-process limit, batch " + str(best_batch), f"{limit:,.0f} captures/s", ""))
 
-    print("(b) framework floor ...", flush=True)
+    print(f"(b)-(d) floor and service, {args.rounds} interleaved rounds ...", flush=True)
     with ExitStack() as stack:
-        url = Service(stack, workers, None, target="load/floor_service.py:Floor").url + "/predict"
-        floor = run(url, fixed=Bodies("int16").body(0))
-    rows.append(
+        services = {
+            "b": Service(stack, workers, None, target="load/floor_service.py:Floor"),
+            "c": Service(stack, workers, None),
+            "c'": Service(stack, workers, None, HEIMDALL_ADAPTIVE_BATCHING="false"),
+        }
+        plan = {
+            "b": (services["b"], dict(fixed=Bodies("int16").body(0))),
+            "c": (services["c"], dict(bodies=Bodies("int16"))),
+            "c'": (services["c'"], dict(bodies=Bodies("int16"))),
+            "d": (services["c"], dict(bodies=Bodies("pairs"))),
+        }
+        # Windows of each measurement alternate, so a slow spell of this shared machine
+        # weighs on all of them; each figure is the median over the rounds.
+        rounds: dict[str, list[dict]] = {k: [] for k in plan}
+        for r in range(args.rounds):
+            for k in list(plan)[r % len(plan) :] + list(plan)[: r % len(plan)]:
+                service, bodies = plan[k]
+                rounds[k].append(run(service, **bodies))
+        hit_body = Bodies("int16").body(10**6)
+        hit = run(services["c"], fixed=hit_body, concurrency=args.latency_concurrency)
+    floor, miss_b64, per_request, miss_json = (_median(rounds[k]) for k in plan)
+    ratios = [c["rps"] / min(limit, b["rps"]) for b, c in zip(rounds["b"], rounds["c"], strict=True)]
+    gains = [c["rps"] / p["rps"] for c, p in zip(rounds["c"], rounds["c'"], strict=True)]
+    floor_ref = min(limit, floor["rps"])
+
+    def cpu(r: dict) -> str:
+        return f"server CPU {r['cpu_ms']:.2f} ms/req"
+
+    rows += [
         (
             "(b) framework floor (do-nothing API)",
             f"{floor['rps']:,.0f} req/s",
-            f"p95 {floor['p95_ms']:.1f} ms",
-        )
-    )
-
-    print("(c)-(e) service ...", flush=True)
-    with ExitStack() as stack:
-        url = Service(stack, workers, None).url + "/predict"
-        miss_b64 = run(url, bodies=Bodies("int16"))
-        miss_json = run(url, bodies=Bodies("pairs"))
-        hit = run(url, fixed=Bodies("int16").body(10**6), concurrency=args.latency_concurrency)
-    with ExitStack() as stack:
-        url = Service(stack, workers, None, HEIMDALL_ADAPTIVE_BATCHING="false").url + "/predict"
-        per_request = run(url, bodies=Bodies("int16"))
-
-    floor_ref = min(limit, floor["rps"])
-    rows += [
+            f"p95 {floor['p95_ms']:.1f} ms; {cpu(floor)}",
+        ),
         (
             "(c) cache miss, base64 int16, adaptive batching",
             f"{miss_b64['rps']:,.0f} req/s",
-            f"p95 {miss_b64['p95_ms']:.1f} ms; {miss_b64['rps'] / floor_ref:.0%} of min(a, b)",
+            f"p95 {miss_b64['p95_ms']:.1f} ms; {cpu(miss_b64)}; "
+            f"{miss_b64['rps'] / floor_ref:.0%} of min(a, b) "
+            f"(rounds: {', '.join(f'{x:.0%}' for x in ratios)})",
         ),
         (
             "(c') cache miss, base64 int16, model called per request",
             f"{per_request['rps']:,.0f} req/s",
-            f"p95 {per_request['p95_ms']:.1f} ms; batching gives x{miss_b64['rps'] / per_request['rps']:.2f}",
+            f"p95 {per_request['p95_ms']:.1f} ms; {cpu(per_request)}; batching gives "
+            f"x{miss_b64['rps'] / per_request['rps']:.2f} the throughput "
+            f"(rounds: {', '.join(f'x{x:.2f}' for x in gains)}) "
+            f"at x{miss_b64['cpu_ms'] / per_request['cpu_ms']:.2f} the server CPU per request",
         ),
         (
             "(d) cache miss, JSON [[I, Q], ...] lists",
             f"{miss_json['rps']:,.0f} req/s",
-            f"p95 {miss_json['p95_ms']:.1f} ms",
+            f"p95 {miss_json['p95_ms']:.1f} ms; {cpu(miss_json)}",
         ),
         (
             f"(e) cache hit, {args.latency_concurrency} connections",
@@ -283,7 +320,8 @@ def main() -> None:
     runs = {"b": floor, "c": miss_b64, "c'": per_request, "d": miss_json, "e": hit}
     failures = ", ".join(f"({k}) {r['statuses']}" for k, r in runs.items() if r["failures"]) or "none"
     print(
-        f"\nconcurrency {args.concurrency}, {args.seconds:.0f} s per measurement, {os.cpu_count()} cores, "
+        f"\nconcurrency {args.concurrency}, {args.rounds} rounds of {args.seconds:g} s windows (medians), "
+        f"{os.cpu_count()} cores, "
         f"failures {failures}; in-process by batch size: "
         + ", ".join(f"{b}: {r:,.0f}/s" for b, r in by_batch.items())
     )
