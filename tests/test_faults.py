@@ -16,6 +16,7 @@ from pathlib import Path
 
 import bentoml
 import httpx
+import numpy as np
 import psutil
 import pytest
 from mlflow import MlflowClient
@@ -25,6 +26,7 @@ from tiny_model import build_tiny_model
 from heimdall.errors import ModelNotServable
 from heimdall.examples import request_body
 from heimdall.registry import RegistryError, import_model, register
+from heimdall.settings import Settings
 from heimdall.simulate import simulate_scenes
 
 
@@ -206,6 +208,7 @@ def test_failed_import_leaves_nothing_in_the_store(tiny, tmp_path, damage, error
 # ---------------------------------------------------------------- shutdown
 
 BURST = 32
+JSON = {"content-type": "application/json"}
 
 
 def _predict_counts(url: str) -> tuple[float, float]:
@@ -245,25 +248,30 @@ def test_sigterm_finishes_in_flight_requests_and_takes_no_new_ones(reference_tag
         tmp_path / "serve.log",
         extra_env={"HEIMDALL_WORKERS": "2", "HEIMDALL_MAX_LATENCY_MS": "20000"},
     )
-    scenes = simulate_scenes(BURST, seed=31)
-    bodies = [request_body(scenes.capture_set(i)) for i in range(BURST)]
+    # Requests that take a while, so the burst is still in flight at the signal: JSON lists
+    # of the largest accepted captures, ~25 ms each of parsing on a worker's event loop.
+    captures = list(simulate_scenes(1, seed=31).capture_set(0).items())[:3]
+    big = {s: np.tile(iq, Settings().max_samples * 2 // iq.size) for s, iq in captures}
+    body = json.dumps({**request_body(big, "pairs"), "use_cache": False}).encode()
+    assert len(body) < Settings().max_body_bytes
 
-    def timed(body: dict) -> tuple[int | str, float]:
+    def timed() -> tuple[int | str, float]:
         try:
-            status: int | str = httpx.post(f"{serve.url}/predict", json=body, timeout=60).status_code
+            r = httpx.post(f"{serve.url}/predict", content=body, headers=JSON, timeout=60)
+            status: int | str = r.status_code
         except httpx.TransportError as exc:
             status = f"{type(exc).__name__}: {exc}"
         return status, time.monotonic()
 
     try:
         with ThreadPoolExecutor(BURST + 1) as pool:
-            burst = [pool.submit(timed, {**body, "use_cache": False}) for body in bodies]
+            burst = [pool.submit(timed) for _ in range(BURST)]
             # Every request accepted by a worker (in progress or answered), none still in a backlog.
             counts = wait_until(lambda: _all_accepted(serve.url), 30, "the burst accepted")
             signalled = time.monotonic()
             serve.proc.send_signal(signal.SIGTERM)  # the group leader only, as a container runtime does
             wait_until(lambda: _listening_workers(serve) == 0, 10, "workers to stop listening", interval=0.02)
-            late_status, _ = timed(bodies[0])
+            late_status, _ = timed()
             late_refused = time.monotonic()
             answers = [future.result() for future in burst]
             exit_code = serve.proc.wait(timeout=30)
