@@ -6,7 +6,10 @@
   one with over 1000 fields) with 500. The routes under /v1 read bodies as they are.
 - A worker already working on `max_in_flight` requests answers 503 at once
   (with Retry-After), so under overload the admitted requests keep a bounded
-  latency and the rest learn quickly that they should come back.
+  latency and the rest learn quickly that they should come back. It reads and
+  drops the body first and keeps the connection: closing it with the body unread
+  (a TCP reset) sent every refused client through a reconnect, and at 3x the
+  saturation rate the refusals then took 2 s instead of 30 ms.
 - A busy worker asks a client to reconnect (`Connection: close`), at most
   `REBALANCE_PER_S` times a second. BentoML's workers share one listening
   socket, and a client keeps the worker it first connected to: 100 keep-alive
@@ -58,9 +61,10 @@ class Admission:
             shown = f"{int(declared)} bytes" if declared.isdigit() else "an invalid Content-Length"
             return await self._too_large(send, shown)
         if self.in_flight >= self.max_in_flight:
-            return await self._refuse(
-                send, 503, "overloaded", f"{self.max_in_flight} requests in flight on this worker; retry"
-            )
+            if await self._drained(receive):
+                error = f"{self.max_in_flight} requests in flight on this worker; retry"
+                await self._refuse(send, 503, "overloaded", error, keep_alive=True)
+            return
         self.in_flight += 1
         try:
             if declared is None:
@@ -111,15 +115,25 @@ class Admission:
 
         return replay
 
-    async def _refuse(self, send: Callable, status: int, reason: str, error: str) -> None:
+    async def _drained(self, receive: Callable) -> bool:
+        """Reads and drops the request body (at most `max_bytes`); False if the client went away."""
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                return False
+            size += len(message.get("body", b""))
+            if size > self.max_bytes or not message.get("more_body"):
+                return True
+
+    async def _refuse(
+        self, send: Callable, status: int, reason: str, error: str, keep_alive: bool = False
+    ) -> None:
         self.on_reject(reason)
         payload = json.dumps({"error": error, "reason": reason}).encode()
-        headers = [
-            (b"content-type", b"application/json"),
-            (b"content-length", str(len(payload)).encode()),
-            # The unread body stays on the socket: this connection is done.
-            (b"connection", b"close"),
-        ]
+        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]
+        if not keep_alive:  # the unread body stays on the socket: this connection is done
+            headers.append((b"connection", b"close"))
         if status == 503:
             headers.append((b"retry-after", b"1"))
         await send({"type": "http.response.start", "status": status, "headers": headers})

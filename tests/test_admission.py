@@ -72,6 +72,7 @@ def test_a_full_worker_answers_503_at_once_and_sheds_connections_when_busy():
                 await asyncio.sleep(0.001)
             extra = await asyncio.wait_for(c.post("/predict", content=b"{}"), 1)  # answered while 8 wait
             assert extra.status_code == 503 and extra.headers["retry-after"] == "1"
+            assert "connection" not in extra.headers  # body read: the connection stays usable
             internal = await asyncio.wait_for(c.post("/infer", content=b"{}"), 1)  # every route counts
             assert internal.status_code == 503
             app.release.set()
