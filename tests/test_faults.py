@@ -26,7 +26,6 @@ from tiny_model import build_tiny_model
 from heimdall.errors import ModelNotServable
 from heimdall.examples import request_body
 from heimdall.registry import RegistryError, import_model, register
-from heimdall.settings import Settings
 from heimdall.simulate import simulate_scenes
 
 
@@ -207,7 +206,8 @@ def test_failed_import_leaves_nothing_in_the_store(tiny, tmp_path, damage, error
 
 # ---------------------------------------------------------------- shutdown
 
-BURST = 32
+BURST = 48
+SAMPLES = 131_072  # per receiver in the burst's bodies: twice the default limit, raised for the test
 JSON = {"content-type": "application/json"}
 
 
@@ -242,18 +242,26 @@ def _listening_workers(serve: Serve) -> int:
 
 @pytest.mark.slow
 def test_sigterm_finishes_in_flight_requests_and_takes_no_new_ones(reference_tag, tmp_path):
-    # Two workers (the default); a generous batcher budget, so a 503 here could only come from shutdown.
+    # Two workers (the default); a generous batcher budget and in-flight cap, so a 503 here could
+    # only come from shutdown, and room for bodies of the largest captures.
     serve = Serve(
         reference_tag,
         tmp_path / "serve.log",
-        extra_env={"HEIMDALL_WORKERS": "2", "HEIMDALL_MAX_LATENCY_MS": "20000"},
+        extra_env={
+            "HEIMDALL_WORKERS": "2",
+            "HEIMDALL_MAX_LATENCY_MS": "20000",
+            "HEIMDALL_MAX_BODY_BYTES": "16777216",
+            "HEIMDALL_MAX_IN_FLIGHT": str(BURST),
+            "HEIMDALL_MAX_SAMPLES": str(SAMPLES),
+        },
     )
-    # Requests that take a while, so the burst is still in flight at the signal: JSON lists
-    # of the largest accepted captures, ~25 ms each of parsing on a worker's event loop.
-    captures = list(simulate_scenes(1, seed=31).capture_set(0).items())[:3]
-    big = {s: np.tile(iq, Settings().max_samples * 2 // iq.size) for s, iq in captures}
+    # Requests that take a while, so the burst is still in flight at the signal and after:
+    # JSON lists of the largest accepted captures from the most receivers a scene has,
+    # ~120 ms each of parsing on a worker's event loop.
+    scenes = simulate_scenes(8, seed=31)
+    captures = max((scenes.capture_set(i) for i in range(len(scenes))), key=len)
+    big = {s: np.tile(iq, SAMPLES * 2 // iq.size) for s, iq in captures.items()}
     body = json.dumps({**request_body(big, "pairs"), "use_cache": False}).encode()
-    assert len(body) < Settings().max_body_bytes
 
     def timed() -> tuple[int | str, float]:
         try:
