@@ -50,6 +50,15 @@ def test_concurrent_requests_are_batched_and_each_gets_its_answer(redis_and_serv
     # agree to ~10 cm (a float32 ulp at 100 km is 8 mm).
     for a, b in zip(solo, answers[:6], strict=True):
         assert (a["lat"], a["lon"]) == pytest.approx((b.json()["lat"], b.json()["lon"]), abs=1e-6)
+    # The items of a batch request run concurrently too: 48 rows reach the model together,
+    # whatever concurrency this test's client threads manage to produce.
+    batch = httpx.post(
+        f"{serve.url}/predict/batch", json={"items": bodies, "use_cache": False}, timeout=60
+    ).json()
+    assert batch["succeeded"] == len(bodies)
+    for i, item in enumerate(batch["items"][:6]):
+        got = (item["prediction"]["lat"], item["prediction"]["lon"])
+        assert got == pytest.approx((solo[i]["lat"], solo[i]["lon"]), abs=1e-6)
     count, total = _batch_sizes(httpx.get(f"{serve.url}/metrics").text)
     assert count > 0 and total / count > 1.0, f"mean adaptive batch size {total}/{count}"
     # The README's Python client: BentoML's own client, base64 body
