@@ -4,7 +4,7 @@
 own batchable API (`self.to_async.infer`) through an HTTP client over the worker's
 ASGI app: the rows are serialized to JSON and back, and each call passes every
 middleware and the router. That cost more CPU than batching saved: the service ran
-~10% slower batched than calling the model per request. The batcher itself, a
+10-37% slower batched than calling the model per request. The batcher itself, a
 `CorkDispatcher` per batchable API with its `max_batch_size`, its `max_latency_ms`
 budget (503 beyond it) and the `adaptive_batch_size` histogram, sits behind
 `ServiceAppFactory.batch_infer`, which the API's HTTP route calls with the parsed
