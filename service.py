@@ -62,6 +62,7 @@ class Heimdall:
         else:
             infer = self._infer_direct
         self.localizer = Localizer(served, settings, self.metrics, infer)
+        self.localizer.extractor.warm_up()
         # With CPython's default thresholds a request triggers collections that re-scan the
         # worker's ~250k long-lived objects (and a JSON body the fast reader does not take
         # becomes ~30k lists per receiver, hundreds of collections). Freeze what exists now

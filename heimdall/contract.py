@@ -181,6 +181,12 @@ class FeatureExtractor:
         features[~heard] = 0.0
         return features
 
+    def warm_up(self) -> None:
+        """Features of a silent capture set: librosa and scipy load their filter and FFT code
+        on first use, ~1.5 s that the first request after start-up would otherwise wait for."""
+        silence = np.zeros(self.spec.min_samples, np.complex64)
+        self.capture_set(dict.fromkeys(self.contract.receiver_ids[: self.contract.min_receivers], silence))
+
     def capture_set(self, captures: Mapping[str, np.ndarray]) -> np.ndarray:
         """Serving path: features of one capture set keyed by station id.
 

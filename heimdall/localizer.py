@@ -48,11 +48,6 @@ class Localizer:
         self._infer = infer
         self._estimate = self.cache.memoize(self._run_model)
         self.requests: Counter[str] = Counter()  # this worker's answers by source, and refusals
-        # librosa and scipy load their filter and FFT code on first use: ~1.5 s that the
-        # first request after start-up would otherwise wait for.
-        contract = model.contract
-        silence = np.zeros(contract.features.min_samples, np.complex64)
-        self.extractor.capture_set(dict.fromkeys(contract.receiver_ids[: contract.min_receivers], silence))
 
     async def _run_model(self, capture: CaptureSet) -> ModelOutput:
         start = time.perf_counter()

@@ -26,6 +26,7 @@ import os
 import statistics
 import sys
 import time
+from collections import Counter
 from contextlib import ExitStack
 from pathlib import Path
 
@@ -206,7 +207,7 @@ def _median(runs: list[dict]) -> dict:
     """The median of each figure over rounds (failures and statuses summed)."""
     out = {k: statistics.median(r[k] for r in runs) for k in ("rps", "p50_ms", "p95_ms", "cpu_ms")}
     out["failures"] = sum(r["failures"] for r in runs)
-    out["statuses"] = {s: sum(r["statuses"].get(s, 0) for r in runs) for r in runs for s in r["statuses"]}
+    out["statuses"] = dict(sum((Counter(r["statuses"]) for r in runs), Counter()))
     return out
 
 
