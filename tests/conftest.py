@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import os
 import shutil
 import tempfile
@@ -15,6 +16,7 @@ from support import RedisServer
 # BentoML reads its home when first imported: point it at a throwaway store
 # before any test module imports bentoml.
 os.environ["BENTOML_HOME"] = tempfile.mkdtemp(prefix="heimdall-bentoml-")
+atexit.register(shutil.rmtree, os.environ["BENTOML_HOME"], ignore_errors=True)
 os.environ.setdefault("BENTOML_DO_NOT_TRACK", "true")
 
 # Property-based tests: the same examples on every run (CI is repeatable), no example

@@ -113,7 +113,6 @@ class Serve:
             "HEIMDALL_CACHE_RETRY_S": "1",
             "HEIMDALL_CACHE_TIMEOUT_MS": "200",
             "HEIMDALL_WORKERS": "1",
-            "HEIMDALL_MAX_LATENCY_MS": "200",
             **(extra_env or {}),
         }
         if redis_url is not None:
