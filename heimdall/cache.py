@@ -2,7 +2,7 @@
 
 Keys are `heimdall:{namespace}:{digest}`, where the namespace carries the model
 name, version and contract fingerprint (a new model never reads an old answer)
-and the digest is the blake2b of the canonical IQ (`heimdall.decode`), so a hit
+and the digest is the BLAKE3 of the canonical IQ (`heimdall.decode`), so a hit
 skips preprocessing as well as inference.
 
 With a Redis URL the request path makes one round trip, a GET; the SET after a

@@ -22,7 +22,6 @@ never in an unhandled exception.
 from __future__ import annotations
 
 import binascii
-import hashlib
 import struct
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -30,6 +29,7 @@ from itertools import chain
 
 import numpy as np
 import pybase64
+from blake3 import blake3
 
 from heimdall.contract import INT16_FULL_SCALE, Contract
 from heimdall.errors import InputError
@@ -38,7 +38,7 @@ from heimdall.errors import InputError
 ENCODINGS: dict[str, int] = {"int16": 4, "complex64": 8}
 _INT16_MIN, _INT16_MAX = -32768, 32767
 _SCALE = np.float32(1.0 / INT16_FULL_SCALE)  # a power of two: scaling by it is exact
-_DIGEST_PERSON = b"heimdall-iq-v1"  # bumps if the canonical form ever changes
+_DIGEST_PERSON = b"heimdall-iq-v2"  # bumps if the canonical form or its hashing ever changes
 _HEADER = struct.Struct("<IQ?")  # receiver index in the contract, sample count, hashed as complex64
 # A receiver's complex64 full-scale samples and, when known, the int16 counts they came from.
 _Decoded = tuple[np.ndarray, np.ndarray | None]
@@ -49,7 +49,7 @@ class CaptureSet:
     """A validated capture set in canonical form.
 
     `iq`: station id -> complex64 samples in full-scale units, read-only, in
-    contract receiver order. `digest`: 16-byte blake2b of the canonical IQ,
+    contract receiver order. `digest`: 16-byte BLAKE3 of the canonical IQ,
     the cache key. `samples`: total IQ samples over all receivers.
     """
 
@@ -288,8 +288,11 @@ def _canonical(decoded: dict[str, _Decoded], contract: Contract) -> CaptureSet:
     exactly int16 counts / 32768 (every WebSDR capture) are hashed as their
     16-bit counts, half the bytes of complex64: hashing is a large share of a
     binary request's decode cost. A tag byte keeps the two encodings apart.
+    BLAKE3 hashes each receiver's samples whole (2 us per 16 kB receiver, against
+    12 us for blake2b; fed in pieces, it loses its SIMD speed) and then the
+    receivers' headers and digests.
     """
-    digest = hashlib.blake2b(digest_size=16, person=_DIGEST_PERSON)
+    parts = [_DIGEST_PERSON]
     ordered = {}
     for index, station in enumerate(contract.receiver_ids):
         if station not in decoded:
@@ -298,7 +301,8 @@ def _canonical(decoded: dict[str, _Decoded], contract: Contract) -> CaptureSet:
         samples.flags.writeable = False
         if counts is None:
             counts = _as_counts(samples)
-        digest.update(_HEADER.pack(index, samples.size, counts is None))
-        digest.update(samples.data if counts is None else counts.data)
+        parts.append(_HEADER.pack(index, samples.size, counts is None))
+        parts.append(blake3((samples if counts is None else counts).data.cast("B")).digest())
         ordered[station] = samples
-    return CaptureSet(iq=ordered, digest=digest.digest(), samples=sum(a.size for a in ordered.values()))
+    digest = blake3(b"".join(parts)).digest(16)
+    return CaptureSet(iq=ordered, digest=digest, samples=sum(a.size for a in ordered.values()))

@@ -32,7 +32,10 @@ def read(body: bytes) -> Any | None:
     None when simdjson refuses the document (malformed, not UTF-8, an integer beyond 64 bits,
     a float beyond float64) or it holds an escaped NUL: the caller reads it the ordinary way.
     """
-    if b"\\u0000" in body:  # pysimdjson looks keys up as C strings: "a\u0000b" would read as "a"
+    # pysimdjson looks keys up as C strings: "a\u0000b" would read as "a". A backslash is
+    # rare in a capture set, and looking for one (memchr) costs ~5 us where looking for
+    # the escape itself costs ~70 us over a 150 kB body.
+    if b"\\" in body and b"\\u0000" in body:
         return None
     try:
         document = simdjson.Parser().parse(body)

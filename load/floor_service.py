@@ -7,7 +7,13 @@ from heimdall.schemas import Capture, ConfidenceLevel, Encoding
 from heimdall.settings import Settings
 
 
-@bentoml.service(name="floor", workers=Settings().workers, traffic={"timeout": 30})
+@bentoml.service(
+    name="floor",
+    workers=Settings().workers,
+    traffic={"timeout": 30},
+    metrics={"enabled": True, "namespace": "bentoml_service"},
+    logging={"access": {"enabled": False}},  # as the service runs by default
+)
 class Floor:
     @bentoml.api(route="/predict")
     async def predict(
