@@ -167,7 +167,9 @@ class FeatureExtractor:
         # scipy's FFT keeps complex64 (numpy's promotes to complex128): ~5x faster here.
         spectrum = scipy.fft.fft(frames * self._window, axis=-1, overwrite_x=True)
         power = spectrum.real**2 + spectrum.imag**2
-        mel = power @ self._fold_mel  # (..., n_frames, n_mels)
+        # As one 2-D matmul: numpy runs a stacked (..., n_frames, n_fft) matmul as one small
+        # product per stack entry, ~2.4x slower for a capture set's 7 receivers.
+        mel = (power.reshape(-1, s.n_fft) @ self._fold_mel).reshape(*power.shape[:-1], s.n_mels)
         db = 10.0 * np.log10(np.maximum(mel, 10.0 ** (s.db_floor / 10.0)))
         return np.swapaxes((db - s.norm_offset_db) / s.norm_scale_db, -1, -2).astype(np.float32)
 

@@ -245,7 +245,7 @@ def _from_bytes(raw: bytes | memoryview, encoding: str, where: str) -> _Decoded:
         counts = np.frombuffer(raw, dtype="<i2")
         interleaved = counts.astype(np.float32)
         interleaved *= _SCALE
-        return _complex(interleaved), counts
+        return interleaved.view(np.complex64), counts  # integers: no -0.0 for `_complex` to clear
     values = np.frombuffer(raw, dtype="<f4")
     _check_range(values, -1.0, 1.0, where, "complex64 full-scale units")
     return _complex(values.astype(np.float32)), None  # astype copies: the request buffer is not ours

@@ -36,12 +36,9 @@ def _geodetic_to_ecef(lat_deg, lon_deg, h_m=0.0):
 def geodetic_to_enu(lat_deg, lon_deg, ref_lat_deg: float, ref_lon_deg: float):
     """East and north (metres) of points on the ellipsoid, in the tangent plane at the reference."""
     x, y, z = _geodetic_to_ecef(lat_deg, lon_deg)
-    x0, y0, z0 = _geodetic_to_ecef(ref_lat_deg, ref_lon_deg)
+    x0, y0, z0, sl, cl, so, co = _tangent_frame(ref_lat_deg, ref_lon_deg)
     dx, dy, dz = x - x0, y - y0, z - z0
-    lat0, lon0 = math.radians(ref_lat_deg), math.radians(ref_lon_deg)
-    east = -math.sin(lon0) * dx + math.cos(lon0) * dy
-    north = -math.sin(lat0) * math.cos(lon0) * dx - math.sin(lat0) * math.sin(lon0) * dy + math.cos(lat0) * dz
-    return east, north
+    return -so * dx + co * dy, -sl * co * dx - sl * so * dy + cl * dz
 
 
 def enu_to_geodetic(east_m, north_m, ref_lat_deg: float, ref_lon_deg: float):
@@ -53,21 +50,23 @@ def enu_to_geodetic(east_m, north_m, ref_lat_deg: float, ref_lon_deg: float):
     from the reference (4 x 4 rounds cost twice as much on every cache miss).
     """
     east_m, north_m = np.asarray(east_m, dtype=np.float64), np.asarray(north_m, dtype=np.float64)
+    x0, y0, z0, sl, cl, so, co = _tangent_frame(ref_lat_deg, ref_lon_deg)
+    x = x0 - so * east_m - sl * co * north_m
+    y = y0 + co * east_m - sl * so * north_m
+    z = z0 + cl * north_m
     up = np.zeros_like(east_m)
     for _ in range(3):
-        lat, lon, h = _ecef_to_geodetic(*_enu_to_ecef(east_m, north_m, up, ref_lat_deg, ref_lon_deg))
+        lat, lon, h = _ecef_to_geodetic(x + cl * co * up, y + cl * so * up, z + sl * up)
         up = up - h
     return lat, lon
 
 
-def _enu_to_ecef(east_m, north_m, up_m, ref_lat_deg: float, ref_lon_deg: float):
+@functools.cache
+def _tangent_frame(ref_lat_deg: float, ref_lon_deg: float) -> tuple[float, ...]:
+    """The reference point in ECEF and the sines and cosines of its latitude and longitude."""
     lat0, lon0 = math.radians(ref_lat_deg), math.radians(ref_lon_deg)
-    x0, y0, z0 = _geodetic_to_ecef(ref_lat_deg, ref_lon_deg)
-    sl, cl, so, co = math.sin(lat0), math.cos(lat0), math.sin(lon0), math.cos(lon0)
-    x = x0 - so * east_m - sl * co * north_m + cl * co * up_m
-    y = y0 + co * east_m - sl * so * north_m + cl * so * up_m
-    z = z0 + cl * north_m + sl * up_m
-    return x, y, z
+    x0, y0, z0 = (float(v) for v in _geodetic_to_ecef(ref_lat_deg, ref_lon_deg))
+    return x0, y0, z0, math.sin(lat0), math.cos(lat0), math.sin(lon0), math.cos(lon0)
 
 
 def _ecef_to_geodetic(x, y, z):
@@ -97,9 +96,16 @@ def chi2_2d_scale(level: float) -> float:
     return math.sqrt(-2.0 * math.log1p(-level))
 
 
-def covariance(sigma_east_m: float, sigma_north_m: float, rho: float) -> np.ndarray:
-    off = rho * sigma_east_m * sigma_north_m
-    return np.array([[sigma_east_m**2, off], [off, sigma_north_m**2]])
+def principal_axes(sigma_east_m: float, sigma_north_m: float, rho: float) -> tuple[float, float, float]:
+    """The covariance's eigenvalues and major-axis direction, in closed form (a 2x2 symmetric matrix).
+
+    Returns (major variance, minor variance, bearing of the major axis in degrees
+    clockwise from north, in [0, 180)). A circle has no major axis; it reads 90.
+    """
+    var_e, var_n, cov = sigma_east_m**2, sigma_north_m**2, rho * sigma_east_m * sigma_north_m
+    mean, radius = (var_e + var_n) / 2, math.hypot((var_e - var_n) / 2, cov)
+    from_east = 0.5 * math.atan2(2 * cov, var_e - var_n)  # counter-clockwise from east
+    return mean + radius, max(mean - radius, 0.0), math.degrees(math.pi / 2 - from_east) % 180.0
 
 
 @dataclass(frozen=True)
@@ -122,15 +128,10 @@ class Ellipse:
 
 def ellipse(sigma_east_m: float, sigma_north_m: float, rho: float, level: float) -> Ellipse:
     """The `level` confidence ellipse of N(0, Σ) from its standard deviations and correlation."""
-    eigvals, eigvecs = np.linalg.eigh(covariance(sigma_east_m, sigma_north_m, rho))
+    major, minor, bearing = principal_axes(sigma_east_m, sigma_north_m, rho)
     k = chi2_2d_scale(level)
-    major_east, major_north = eigvecs[:, 1]
-    bearing = math.degrees(math.atan2(major_east, major_north)) % 180.0
     return Ellipse(
-        semi_major_m=k * math.sqrt(max(eigvals[1], 0.0)),
-        semi_minor_m=k * math.sqrt(max(eigvals[0], 0.0)),
-        bearing_deg=bearing,
-        level=level,
+        semi_major_m=k * math.sqrt(major), semi_minor_m=k * math.sqrt(minor), bearing_deg=bearing, level=level
     )
 
 
@@ -162,8 +163,9 @@ def probability_within(radius_m: float, sigma_east_m: float, sigma_north_m: floa
     periodic integral over the angle that the trapezoid rule gets to machine
     precision with a few hundred nodes.
     """
-    lam = np.clip(np.linalg.eigvalsh(covariance(sigma_east_m, sigma_north_m, rho)), 1e-12, None)
+    major, minor, _ = principal_axes(sigma_east_m, sigma_north_m, rho)
+    major, minor = max(major, 1e-12), max(minor, 1e-12)
     cos_t, sin_t = _unit_circle(512)
-    q = cos_t**2 / lam[0] + sin_t**2 / lam[1]
+    q = cos_t**2 / minor + sin_t**2 / major
     integrand = -np.expm1(-0.5 * radius_m**2 * q) / q
-    return float(np.clip(integrand.mean() / math.sqrt(lam[0] * lam[1]), 0.0, 1.0))
+    return min(max(float(integrand.mean()) / math.sqrt(major * minor), 0.0), 1.0)

@@ -52,6 +52,20 @@ def test_rotated_ellipse_matches_constructed_covariance():
     assert geo.ellipse(se, sn, -rho, 0.95).bearing_deg == pytest.approx(150.0)
 
 
+def test_closed_form_axes_match_numpy_eigh():
+    rng = np.random.default_rng(3)
+    sigmas, rhos = rng.uniform(10, 1e5, (200, 2)), rng.uniform(-0.99, 0.99, 200)
+    for (se, sn), rho in zip(sigmas, rhos, strict=True):
+        off = rho * se * sn
+        values, vectors = np.linalg.eigh(np.array([[se**2, off], [off, sn**2]]))
+        major, minor, bearing = geo.principal_axes(se, sn, rho)
+        assert (major, minor) == pytest.approx((values[1], values[0]), rel=1e-9, abs=1e-6 * values[1])
+        # the major axis, as a bearing, is eigh's major eigenvector up to sign
+        east, north = math.sin(math.radians(bearing)), math.cos(math.radians(bearing))
+        assert abs(east * vectors[0, 1] + north * vectors[1, 1]) == pytest.approx(1.0, abs=1e-9)
+        assert 0.0 <= bearing < 180.0
+
+
 def test_polygon_is_closed_lon_lat_ring_with_correct_scale():
     lat, lon = 45.0, 8.0
     e = geo.ellipse(2000.0, 1000.0, 0.0, 0.95)  # major axis east-west
@@ -90,7 +104,8 @@ def test_probability_within_radius():
     assert 0.0 < p < 1 - math.exp(-2.0)
     # Monte Carlo check of the general case
     rng = np.random.default_rng(0)
-    cov = geo.covariance(3000.0, 1500.0, 0.6)
+    off = 0.6 * 3000.0 * 1500.0
+    cov = np.array([[3000.0**2, off], [off, 1500.0**2]])
     pts = rng.multivariate_normal([0, 0], cov, size=400_000)
     mc = (np.hypot(pts[:, 0], pts[:, 1]) <= 2500.0).mean()
     assert geo.probability_within(2500.0, 3000.0, 1500.0, 0.6) == pytest.approx(mc, abs=3e-3)
