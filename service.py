@@ -8,6 +8,7 @@ import time
 
 import bentoml
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from heimdall import json_body
 from heimdall.admission import Admission
@@ -43,6 +44,9 @@ class Heimdall:
         # Raises unless the model loads and its warm-up inference is valid, so the
         # worker (and BentoML's /readyz) only comes up with a working model.
         start = time.perf_counter()
+        # One worker per core, one compute thread per worker: left alone, numpy's BLAS starts a
+        # thread per core in every worker, and under load the mel matmul then cost 3x the CPU.
+        threadpool_limits(1)
         self.metrics = Metrics()
         contract = load_servable(
             self.model.path_of("model.onnx"), self.model.path_of("contract.json"), str(self.model.tag)

@@ -34,6 +34,7 @@ import aiohttp
 import bentoml
 import numpy as np
 import psutil
+from threadpoolctl import threadpool_limits
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(Path(__file__).resolve().parent), str(ROOT)]
@@ -85,6 +86,7 @@ class Bodies:
 
 def in_process_limit(repeats: int = 3) -> tuple[int, float, dict[int, float]]:
     """(a): captures per second on one core for the whole in-process pipeline, by batch size."""
+    threadpool_limits(1)  # one core: as in a service worker
     model_dir = Path(bentoml.models.get("heimdall-localizer:latest").path)
     contract = Contract.load(model_dir / "contract.json")
     extractor = FeatureExtractor(contract)
