@@ -279,7 +279,7 @@ def main() -> None:
             f"{miss_b64['rps']:,.0f} req/s",
             f"p95 {miss_b64['p95_ms']:.1f} ms; {cpu(miss_b64)}; "
             f"{miss_b64['rps'] / floor_ref:.0%} of min(a, b) "
-            f"(rounds: {', '.join(f'{x:.0%}' for x in ratios)})",
+            f"(rounds: {', '.join(f'{x:.0%}' for x in ratios)}; median {statistics.median(ratios):.0%})",
         ),
         (
             "(c') cache miss, base64 int16, model called per request",
