@@ -324,7 +324,12 @@ def main() -> int:
     r.add_argument("--down-for", type=float, default=15)
     r.add_argument("--retry-s", type=float, default=Settings().cache_retry_s)
     o = sub.add_parser("overload", help="3x the saturation rate, then recovery")
-    o.add_argument("--rate", type=int, default=600, help="offered requests/s (3x the base64 saturation)")
+    o.add_argument(
+        "--rate",
+        type=int,
+        default=600,
+        help="offered requests/s: 3x the saturation `sla.py --saturate` finds",
+    )
     o.add_argument("--seconds", type=float, default=30)
     o.add_argument("--bound-ms", type=float, default=500, help="admitted requests' P95 must stay under")
     s = sub.add_parser("soak", help="half the saturation rate for 10 minutes")
