@@ -167,7 +167,8 @@ def overload(args) -> bool:
         for _ in range(20):  # the batcher's first calls train its latency model
             probe.once()
         baseline = [probe.once()[1] for _ in range(30)]
-        proc, path = _locust(service.url, "faults-overload", args.rate, args.seconds, fresh_only(1.0, "0"))
+        extra = fresh_only(args.rate / args.users, "0")
+        proc, path = _locust(service.url, "faults-overload", args.users, args.seconds, extra)
         proc.wait()
         ended = time.time()
         recovered, streak = None, 0
@@ -327,10 +328,16 @@ def main() -> int:
     o.add_argument(
         "--rate",
         type=int,
-        default=600,
+        default=2400,
         help="offered requests/s: 3x the saturation `sla.py --saturate` finds",
     )
     o.add_argument("--seconds", type=float, default=30)
+    o.add_argument(
+        "--users",
+        type=int,
+        default=300,
+        help="Locust users, one connection each (2400 of them on these two cores: see the README)",
+    )
     o.add_argument("--bound-ms", type=float, default=500, help="admitted requests' P95 must stay under")
     s = sub.add_parser("soak", help="half the saturation rate for 10 minutes")
     s.add_argument("--rate", type=int, default=100, help="requests/s, SLA mix (half the base64 saturation)")
