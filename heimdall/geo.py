@@ -18,6 +18,7 @@ import numpy as np
 _A = 6_378_137.0
 _F = 1 / 298.257223563
 _E2 = _F * (2 - _F)
+_B2 = _A**2 * (1 - _E2)  # the semi-minor axis, squared
 
 
 def _prime_vertical_radius(lat_rad: np.ndarray | float) -> np.ndarray | float:
@@ -55,10 +56,9 @@ def enu_to_geodetic(east_m, north_m, ref_lat_deg: float, ref_lon_deg: float):
     y = y0 + co * east_m - sl * so * north_m
     z = z0 + cl * north_m
     ux, uy, uz = cl * co, cl * so, sl  # the reference's up, a unit vector
-    b2 = _A**2 * (1 - _E2)
-    quad = (ux * ux + uy * uy) / _A**2 + uz * uz / b2
-    half_lin = (x * ux + y * uy) / _A**2 + z * uz / b2
-    const = (x * x + y * y) / _A**2 + z * z / b2 - 1.0
+    quad = (ux * ux + uy * uy) / _A**2 + uz * uz / _B2
+    half_lin = (x * ux + y * uy) / _A**2 + z * uz / _B2
+    const = (x * x + y * y) / _A**2 + z * z / _B2 - 1.0
     # -const / (half_lin + sqrt(...)): the small root without cancellation
     up = -const / (half_lin + np.sqrt(half_lin * half_lin - quad * const))
     x, y, z = x + up * ux, y + up * uy, z + up * uz

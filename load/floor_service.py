@@ -12,7 +12,7 @@ from heimdall.settings import Settings
     workers=Settings().workers,
     traffic={"timeout": 30},
     metrics={"enabled": True, "namespace": "bentoml_service"},
-    logging={"access": {"enabled": False}},  # as the service runs by default
+    logging={"access": {"enabled": Settings().access_log}},  # as the service runs
 )
 class Floor:
     @bentoml.api(route="/predict")

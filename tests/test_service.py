@@ -40,6 +40,14 @@ def _expected(model, captures: dict[str, np.ndarray]) -> ModelOutput:
     return ModelOutput(*onnx.run(features[None])[0]), contract
 
 
+def test_the_service_runs_blas_on_one_thread(served):
+    # One worker per core: with a BLAS thread per core in every worker, a cache miss cost 3x the CPU.
+    from threadpoolctl import threadpool_info
+
+    blas = [pool for pool in threadpool_info() if pool["user_api"] == "blas"]
+    assert blas and all(pool["num_threads"] == 1 for pool in blas), blas
+
+
 def test_known_capture_gives_the_in_process_answer(served):
     client, model = served
     captures = example_captures()
