@@ -170,8 +170,13 @@ class FeatureExtractor:
         # As one 2-D matmul: numpy runs a stacked (..., n_frames, n_fft) matmul as one small
         # product per stack entry, ~2.4x slower for a capture set's 7 receivers.
         mel = (power.reshape(-1, s.n_fft) @ self._fold_mel).reshape(*power.shape[:-1], s.n_mels)
-        db = 10.0 * np.log10(np.maximum(mel, 10.0 ** (s.db_floor / 10.0)))
-        return np.swapaxes((db - s.norm_offset_db) / s.norm_scale_db, -1, -2).astype(np.float32)
+        # (10 log10(mel) - offset) / scale as one affine map of ln(mel), in place: numpy's
+        # float32 log is vectorized and its log10 is not (~4x slower here).
+        np.maximum(mel, np.float32(10.0 ** (s.db_floor / 10.0)), out=mel)
+        np.log(mel, out=mel)
+        mel *= np.float32(10.0 / np.log(10.0) / s.norm_scale_db)
+        mel -= np.float32(s.norm_offset_db / s.norm_scale_db)
+        return np.swapaxes(mel, -1, -2)
 
     def scenes(self, iq: np.ndarray, heard: np.ndarray) -> np.ndarray:
         """Training path: features of N simulated scenes with equal-length captures.
@@ -179,7 +184,7 @@ class FeatureExtractor:
         `iq`: complex64 (N, receivers, samples); `heard`: bool (N, receivers).
         Returns float32 (N, receivers, n_mels, n_frames), unheard receivers zeroed.
         """
-        features = self.log_mel(iq)
+        features = np.ascontiguousarray(self.log_mel(iq))
         features[~heard] = 0.0
         return features
 

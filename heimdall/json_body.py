@@ -7,6 +7,9 @@ while every other request on that worker waits. simdjson parses the document in 
 and an `iq` array that is exactly a list of number pairs is copied out as one float64
 array of shape (n, 2) with no Python object per number.
 
+A body whose `iq` values are base64 strings has no numbers to spare: pydantic's own
+parser (jiter) reads it fastest.
+
 Anything the fast path does not take (a document simdjson refuses, an `iq` with the
 wrong nesting or something other than numbers) is read the ordinary way, so every
 refusal keeps the message the decoder gives it.
@@ -19,6 +22,7 @@ from typing import Any
 
 import bentoml
 import numpy as np
+import pydantic_core
 import simdjson
 from _bentoml_impl.serde import JSONSerde
 
@@ -29,9 +33,17 @@ _NUMBER_CHARS = b"0123456789+-.eE"
 def read(body: bytes) -> Any | None:
     """The document as Python objects, each `iq` list of number pairs a float64 (n, 2) array.
 
-    None when simdjson refuses the document (malformed, not UTF-8, an integer beyond 64 bits,
-    a float beyond float64) or it holds an escaped NUL: the caller reads it the ordinary way.
+    None when the document is refused (malformed, not UTF-8; for simdjson also an integer
+    beyond 64 bits, a float beyond float64 or an escaped NUL): the caller reads it the
+    ordinary way, so the client gets the ordinary error.
     """
+    if not _has_pair_lists(body):
+        # Base64 `iq` strings: pydantic's own parser (jiter) reads them in ~16 us against
+        # ~50 us for simdjson plus the walk over its document.
+        try:
+            return pydantic_core.from_json(body, allow_inf_nan=False)
+        except ValueError:
+            return None
     # pysimdjson looks keys up as C strings: "a\u0000b" would read as "a". A backslash is
     # rare in a capture set, and looking for one (memchr) costs ~5 us where looking for
     # the escape itself costs ~70 us over a 150 kB body.
@@ -42,6 +54,14 @@ def read(body: bytes) -> Any | None:
     except (ValueError, RuntimeError):
         return None
     return _plain(document)
+
+
+def _has_pair_lists(body: bytes) -> bool:
+    """Whether the first `iq` value is a list. It only picks the faster parser: either one
+    reads any document right. One look near the start, where scanning the body for `[[`
+    costs ~140 us."""
+    at = body.find(b'"iq"')
+    return at >= 0 and body[at + 4 : at + 32].lstrip(b" \t\r\n:").startswith(b"[")
 
 
 def _plain(value: Any, key: str | None = None) -> Any:
