@@ -5,16 +5,20 @@ from __future__ import annotations
 import asyncio
 import gc
 import time
+from collections.abc import Mapping
+from typing import Any
 
 import bentoml
 import numpy as np
+from pydantic import Field
 from threadpoolctl import threadpool_limits
 
 from heimdall import json_body
 from heimdall.admission import Admission
 from heimdall.batching import LoneRowBypass, batch_caller
+from heimdall.contract import FeatureExtractor
 from heimdall.http import ops_app, refusals_as_400
-from heimdall.inference import OnnxLocalizer, pack_features, unpack_features
+from heimdall.inference import OnnxLocalizer
 from heimdall.localizer import Localizer, ServedModel
 from heimdall.metrics import Metrics
 from heimdall.schemas import BatchPrediction, Capture, CaptureSetIn, ConfidenceLevel, Encoding, Prediction
@@ -27,6 +31,22 @@ settings = load_settings()
 
 def _current() -> Heimdall:
     return bentoml.get_current_service()
+
+
+class InferRequest(bentoml.IODescriptor):
+    """`POST /infer`: capture sets straight to the model (no cache, no postprocessing).
+
+    Each item is decoded as soon as the request is read, so a bad item is refused with its
+    400 before it joins a batch where it would fail the rows of other requests.
+    """
+
+    items: list[CaptureSetIn] = Field(min_length=1, max_length=settings.max_batch_size)
+
+    @classmethod
+    async def from_http_request(cls, request: Any, serde: Any) -> InferRequest:
+        request = await super().from_http_request(request, serde)
+        request.items = _current().localizer.decode_rows(request.items)
+        return request
 
 
 @bentoml.service(
@@ -53,6 +73,8 @@ class Heimdall:
         )
         self.onnx = OnnxLocalizer(self.model.path_of("model.onnx"), contract, threads=settings.onnx_threads)
         self.onnx.warm_up()
+        self.features = FeatureExtractor(contract)
+        self.features.warm_up()
         served = ServedModel(
             name=self.model.tag.name,
             version=self.model.tag.version,
@@ -66,7 +88,6 @@ class Heimdall:
         else:
             infer = self._infer_direct
         self.localizer = Localizer(served, settings, self.metrics, infer)
-        self.localizer.extractor.warm_up()
         # With CPython's default thresholds a request triggers collections that re-scan the
         # worker's ~250k long-lived objects (and a JSON body the fast reader does not take
         # becomes ~30k lists per receiver, hundreds of collections). Freeze what exists now
@@ -75,18 +96,22 @@ class Heimdall:
         gc.set_threshold(100_000, 20, 100)
         stop_listening_on_sigterm()
 
-    async def _infer_batched(self, features: np.ndarray) -> np.ndarray:
+    async def _infer_batched(self, iq: Mapping[str, np.ndarray]) -> np.ndarray:
         if self._batched_infer is None:
-            self._batched_infer = batch_caller(self, "infer", "features")
-        return np.asarray((await self._batched_infer([pack_features(features)]))[0])
+            self._batched_infer = batch_caller(self, "infer", "items")
+        return np.asarray((await self._batched_infer([iq]))[0])
 
-    async def _infer_direct(self, features: np.ndarray) -> np.ndarray:
-        return (await asyncio.to_thread(self._run, features[None]))[0]
+    async def _infer_direct(self, iq: Mapping[str, np.ndarray]) -> np.ndarray:
+        return (await asyncio.to_thread(self._locate, [iq]))[0]
 
-    def _run(self, batch: np.ndarray) -> np.ndarray:
+    def _locate(self, items: list[Mapping[str, np.ndarray]]) -> np.ndarray:
+        """Capture sets -> (n, 5) model outputs: features and one ONNX run, in a worker thread."""
         start = time.perf_counter()
-        out = self.onnx.run(batch)
-        self.metrics.inference_seconds.observe(time.perf_counter() - start)
+        features = self.features.capture_sets(items)
+        ready = time.perf_counter()
+        out = self.onnx.run(features)
+        self.metrics.preprocess_seconds.observe(ready - start)
+        self.metrics.inference_seconds.observe(time.perf_counter() - ready)
         return out
 
     @json_body.api(route="/predict")
@@ -110,11 +135,17 @@ class Heimdall:
         return await self.localizer.predict_batch(items, confidence_level, use_cache)
 
     @bentoml.api(
-        batchable=True, max_batch_size=settings.max_batch_size, max_latency_ms=settings.max_latency_ms
+        batchable=True,
+        max_batch_size=settings.max_batch_size,
+        max_latency_ms=settings.max_latency_ms,
+        input_spec=InferRequest,
     )
-    def infer(self, features: list[str]) -> list[list[float]]:
-        """Adaptive-batched ONNX run over packed feature tensors (internal wire form)."""
-        return self._run(unpack_features(features, self.onnx.contract)).tolist()
+    def infer(self, items: list[Mapping[str, np.ndarray]]) -> list[list[float]]:
+        """The model's raw outputs [east m, north m, sigma east m, sigma north m, correlation]
+        for each capture set, adaptive-batched. Items arrive decoded: this worker's requests
+        hand their capture sets to the batcher in-process (`heimdall.batching`), and
+        `InferRequest` decodes those posted here."""
+        return self._locate(items).tolist()
 
 
 Heimdall.add_asgi_middleware(

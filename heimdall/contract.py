@@ -192,21 +192,24 @@ class FeatureExtractor:
         """Features of a silent capture set: librosa and scipy load their filter and FFT code
         on first use, ~1.5 s that the first request after start-up would otherwise wait for."""
         silence = np.zeros(self.spec.min_samples, np.complex64)
-        self.capture_set(dict.fromkeys(self.contract.receiver_ids[: self.contract.min_receivers], silence))
+        self.capture_sets([dict.fromkeys(self.contract.receiver_ids[: self.contract.min_receivers], silence)])
 
-    def capture_set(self, captures: Mapping[str, np.ndarray]) -> np.ndarray:
-        """Serving path: features of one capture set keyed by station id.
+    def capture_sets(self, sets: Sequence[Mapping[str, np.ndarray]]) -> np.ndarray:
+        """Serving path: features of capture sets, each keyed by station id.
 
-        Captures may differ in length; receivers absent from the mapping are
-        zeroed. Returns float32 (receivers, n_mels, n_frames).
+        Captures may differ in length; receivers absent from a set are zeroed.
+        Returns float32 (sets, receivers, n_mels, n_frames). Captures of the same
+        length, across all the sets, go through one `log_mel` call: a batch's FFTs
+        and products run as one.
         """
-        out = np.zeros(self.contract.input_shape, dtype=np.float32)
-        by_length: dict[int, list[str]] = {}
-        for rid, iq in captures.items():
-            by_length.setdefault(iq.shape[-1], []).append(rid)
-        for ids in by_length.values():
-            rows = [self._index[rid] for rid in ids]
-            out[rows] = self.log_mel(np.stack([captures[rid] for rid in ids]))
+        out = np.zeros((len(sets), *self.contract.input_shape), dtype=np.float32)
+        by_length: dict[int, list[tuple[int, int, np.ndarray]]] = {}
+        for row, captures in enumerate(sets):
+            for rid, iq in captures.items():
+                by_length.setdefault(iq.shape[-1], []).append((row, self._index[rid], iq))
+        for group in by_length.values():
+            rows, receivers, iq = zip(*group, strict=True)
+            out[rows, receivers] = self.log_mel(np.stack(iq))
         return out
 
 

@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import binascii
 from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
 import onnxruntime as ort
-import pybase64
 
 from heimdall.contract import Contract
-from heimdall.errors import InputError
 
 
 class ModelOutput(NamedTuple):
@@ -57,36 +54,3 @@ class OnnxLocalizer:
         ):
             raise RuntimeError(f"warm-up inference gave an invalid estimate: {out}")
         return out
-
-
-def pack_features(features: np.ndarray) -> str:
-    """One capture set's feature tensor as base64 float32: the batchable API's wire form.
-
-    `/infer` takes JSON over HTTP, where a base64 string costs ~15x less to move than the
-    same tensor as nested lists; the service hands its batcher the same form in-process
-    (`heimdall.batching`), so the API function has one input type.
-    """
-    return pybase64.b64encode(np.ascontiguousarray(features, dtype="<f4").tobytes()).decode("ascii")
-
-
-def unpack_features(blobs: list[str], contract: Contract) -> np.ndarray:
-    """Inverse of `pack_features` for a batch; raises InputError on anything malformed."""
-    shape = contract.input_shape
-    expected_bytes = 4 * int(np.prod(shape))
-    out = np.empty((len(blobs), *shape), dtype=np.float32)
-    for i, blob in enumerate(blobs):
-        try:
-            raw = pybase64.b64decode(blob, validate=True)
-        except (binascii.Error, ValueError) as exc:
-            raise InputError(f"features[{i}]", blob, "base64 of little-endian float32", "bad_base64") from exc
-        if len(raw) != expected_bytes:
-            raise InputError(
-                f"features[{i}]",
-                f"{len(raw)} bytes",
-                f"{expected_bytes} bytes (float32 {shape})",
-                "bad_shape",
-            )
-        out[i] = np.frombuffer(raw, dtype="<f4").reshape(shape)
-    if not np.isfinite(out).all():
-        raise InputError("features", "NaN or Inf", "finite float32 values", "non_finite")
-    return out

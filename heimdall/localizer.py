@@ -1,18 +1,18 @@
-"""The request path: decode -> validate -> cache -> preprocess -> batched inference -> postprocess."""
+"""The request path: decode -> validate -> cache -> (preprocess + batched inference) -> postprocess."""
 
 from __future__ import annotations
 
 import asyncio
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from heimdall.cache import PredictionCache
-from heimdall.contract import Contract, FeatureExtractor
+from heimdall.contract import Contract
 from heimdall.decode import CaptureSet, decode_captures, decode_octets
 from heimdall.errors import InputError
 from heimdall.inference import ModelOutput
@@ -21,7 +21,8 @@ from heimdall.postprocess import describe
 from heimdall.schemas import BatchItem, BatchPrediction, Capture, CaptureSetIn, ItemError, Prediction
 from heimdall.settings import Settings
 
-Infer = Callable[[np.ndarray], Awaitable[np.ndarray]]
+# One capture set (station id -> complex64 IQ) to its (5,) model output row; preprocesses off the loop.
+Infer = Callable[[Mapping[str, np.ndarray]], Awaitable[np.ndarray]]
 
 
 @dataclass(frozen=True)
@@ -36,13 +37,12 @@ class ServedModel:
 
 
 class Localizer:
-    """Answers capture sets with positions. `infer` maps one feature tensor to a (5,) output row."""
+    """Answers capture sets with positions; `infer` runs preprocessing and the model."""
 
     def __init__(self, model: ServedModel, settings: Settings, metrics: Metrics, infer: Infer) -> None:
         self.model = model
         self.settings = settings
         self.metrics = metrics
-        self.extractor = FeatureExtractor(model.contract)
         namespace = f"{model.name}:{model.version}:{model.contract.fingerprint()}"
         self.cache = PredictionCache(settings, namespace, metrics)
         self._infer = infer
@@ -50,10 +50,7 @@ class Localizer:
         self.requests: Counter[str] = Counter()  # this worker's answers by source, and refusals
 
     async def _run_model(self, capture: CaptureSet) -> ModelOutput:
-        start = time.perf_counter()
-        features = await asyncio.to_thread(self.extractor.capture_set, capture.iq)
-        self.metrics.preprocess_seconds.observe(time.perf_counter() - start)
-        return ModelOutput(*(float(v) for v in await self._infer(features)))
+        return ModelOutput(*(float(v) for v in await self._infer(capture.iq)))
 
     def _rejected(self, exc: InputError) -> InputError:
         self.metrics.rejections.labels(exc.reason).inc()
@@ -93,6 +90,13 @@ class Localizer:
             cached=result.hit,
             server_ms=(time.perf_counter() - start) * 1e3,
         )
+
+    def decode_rows(self, items: list[CaptureSetIn]) -> list[dict[str, np.ndarray]]:
+        """Capture sets posted to the model's own route (`/infer`), decoded before they join a batch."""
+        return [
+            self._decode_set(item.captures, item.encoding, f"items[{i}].captures").iq
+            for i, item in enumerate(items)
+        ]
 
     async def predict(
         self, captures: list[Capture], encoding: str, level: float, use_cache: bool

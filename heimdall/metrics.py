@@ -16,7 +16,7 @@ class Metrics:
     def __init__(self, registry: CollectorRegistry | None = REGISTRY) -> None:
         self.preprocess_seconds = Histogram(
             "heimdall_preprocess_seconds",
-            "IQ to feature tensor, per capture set",
+            "IQ to feature tensors, per model call (one batch of capture sets)",
             buckets=_FAST_BUCKETS,
             registry=registry,
         )

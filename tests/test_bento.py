@@ -92,8 +92,8 @@ def test_no_engine_means_none_not_a_crash():
 def _expected(model) -> dict:
     contract = Contract.load(model.path_of("contract.json"))
     captures = example_captures()
-    features = FeatureExtractor(contract).capture_set({s: iq_from_int16(v) for s, v in captures.items()})
-    out = ModelOutput(*OnnxLocalizer(model.path_of("model.onnx"), contract).run(features[None])[0])
+    features = FeatureExtractor(contract).capture_sets([{s: iq_from_int16(v) for s, v in captures.items()}])
+    out = ModelOutput(*OnnxLocalizer(model.path_of("model.onnx"), contract).run(features)[0])
     return describe(out, contract, 0.95, 10_000.0)
 
 

@@ -48,7 +48,7 @@ def test_six_db_stronger_receiver_reads_six_db_higher(contract, extractor):
     weak = (tone(1_234.0, 0.01, 4096, s.sample_rate_hz) + noise).astype(np.complex64)
     strong = (weak * 10 ** (6 / 20)).astype(np.complex64)
     ids = contract.receiver_ids
-    features = extractor.capture_set({ids[0]: weak, ids[1]: strong})
+    features = extractor.capture_sets([{ids[0]: weak, ids[1]: strong}])[0]
     np.testing.assert_allclose(features[1] - features[0], 6.0 / s.norm_scale_db, atol=2e-5)
     assert np.all(features[2:] == 0.0), "receivers absent from the capture set are zero channels"
 
@@ -60,10 +60,32 @@ def test_training_and_serving_paths_give_the_same_features(contract, extractor):
     # differently with the row's place in the batch and its memory alignment.
     np.testing.assert_allclose(scene_features(extractor, scenes), training, atol=1e-6)  # the chunked loader
     assert (~scenes.heard).any(), "the scenes should exercise missing receivers"
-    for i in range(len(scenes)):
-        serving = extractor.capture_set({rid: iq_from_int16(iq) for rid, iq in scenes.capture_set(i).items()})
-        np.testing.assert_allclose(serving, training[i], rtol=0, atol=1e-5)
-        assert np.array_equal(serving.any(axis=(1, 2)), scenes.heard[i])
+    sets = [{rid: iq_from_int16(iq) for rid, iq in scenes.capture_set(i).items()} for i in range(len(scenes))]
+    serving = extractor.capture_sets(sets)  # as a served batch
+    np.testing.assert_allclose(serving, training, rtol=0, atol=1e-5)
+    assert np.array_equal(serving.any(axis=(2, 3)), scenes.heard)
+
+
+def test_a_batch_gives_each_capture_set_the_features_it_gets_alone(contract, extractor):
+    rng = np.random.default_rng(5)
+    ids = contract.receiver_ids
+
+    def noise(n: int) -> np.ndarray:
+        return ((rng.standard_normal(n) + 1j * rng.standard_normal(n)) * 0.01).astype(np.complex64)
+
+    # Lengths differ within and across sets (crop and pad), and each set has its own receivers.
+    sets = [
+        {ids[0]: noise(4096), ids[3]: noise(1000), ids[5]: noise(6000)},
+        {ids[1]: noise(1000), ids[2]: noise(4096)},
+        {ids[6]: noise(300), ids[0]: noise(4096), ids[4]: noise(4096)},
+    ]
+    batch = extractor.capture_sets(sets)
+    assert batch.shape == (3, *contract.input_shape)
+    for i, captures in enumerate(sets):
+        np.testing.assert_allclose(batch[i], extractor.capture_sets([captures])[0], atol=1e-6)
+        assert [rid for rid, heard in zip(ids, batch[i].any(axis=(1, 2)), strict=True) if heard] == sorted(
+            captures, key=ids.index
+        )
 
 
 def test_crop_keeps_first_frames_and_pad_repeats_frames_cyclically(contract, extractor):

@@ -35,9 +35,9 @@ def served(reference_tag, shared_redis_url):
 
 def _expected(model, captures: dict[str, np.ndarray]) -> ModelOutput:
     contract = Contract.load(model.path_of("contract.json"))
-    features = FeatureExtractor(contract).capture_set({s: iq_from_int16(v) for s, v in captures.items()})
+    features = FeatureExtractor(contract).capture_sets([{s: iq_from_int16(v) for s, v in captures.items()}])
     onnx = OnnxLocalizer(model.path_of("model.onnx"), contract)
-    return ModelOutput(*onnx.run(features[None])[0]), contract
+    return ModelOutput(*onnx.run(features)[0]), contract
 
 
 def test_the_service_runs_blas_on_one_thread(served):
@@ -68,6 +68,21 @@ def test_known_capture_gives_the_in_process_answer(served):
     assert body["model_name"] == model.tag.name and body["model_version"] == model.tag.version
     assert body["receivers"] == list(contract.receiver_ids)
     assert body["cached"] is False and body["server_ms"] > 0
+
+
+def test_the_model_route_answers_raw_outputs_and_refuses_a_bad_item_on_its_own(served):
+    client, model = served
+    captures = example_captures()
+    good = request_body(captures)
+    r = client.post("/infer", json={"items": [good, good]})
+    assert r.status_code == 200, r.text
+    want, _ = _expected(model, captures)
+    for row in r.json():
+        assert row == pytest.approx(list(want), rel=1e-5, abs=1e-3)
+    bad = {**good, "captures": good["captures"][:1]}
+    r = client.post("/infer", json={"items": [good, bad]})
+    assert r.status_code == 400 and "items[1].captures" in r.text, r.text
+    assert client.post("/infer", json={"items": []}).status_code == 400
 
 
 def test_every_form_gives_the_same_answer_and_shares_the_cache(served):
