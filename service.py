@@ -44,9 +44,9 @@ class InferRequest(bentoml.IODescriptor):
 
     @classmethod
     async def from_http_request(cls, request: Any, serde: Any) -> InferRequest:
-        request = await super().from_http_request(request, serde)
-        request.items = _current().localizer.decode_rows(request.items)
-        return request
+        body = await super().from_http_request(request, serde)
+        body.items = _current().localizer.decode_rows(body.items)
+        return body
 
 
 @bentoml.service(

@@ -1,4 +1,4 @@
-"""How a request's feature row reaches the model: BentoML's adaptive batcher, called in-process.
+"""How a request's capture set (a row) reaches the model: BentoML's adaptive batcher, in-process.
 
 **The batcher, without the HTTP round trip.** BentoML 1.4 sends a service's call to its
 own batchable API (`self.to_async.infer`) through an HTTP client over the worker's
@@ -10,7 +10,9 @@ budget (503 beyond it) and the `adaptive_batch_size` histogram, sits behind
 `ServiceAppFactory.batch_infer`, which the API's HTTP route calls with the parsed
 arguments. `batch_caller` calls it the same way. BentoML internals, checked on the
 pinned 1.4.40: if they move, the first call fails saying so, and so do the tests
-that batch through a real `bentoml serve`.
+that batch through a real `bentoml serve`. The rows are decoded capture sets, passed as
+they are: nothing is serialized, and the API computes a whole batch's features and runs
+the model on them in one worker-thread hop.
 
 **A lone row skips it** (`LoneRowBypass`). The batcher holds a call for the average
 wait it learned from recent batches; after a burst of overload it kept that wait
@@ -26,7 +28,7 @@ from typing import Any
 import bentoml
 import numpy as np
 
-RowCall = Callable[[np.ndarray], Awaitable[np.ndarray]]
+RowCall = Callable[[Any], Awaitable[np.ndarray]]
 
 
 def batch_caller(service: object, api: str, argument: str) -> Callable[[Any], Awaitable[Any]]:
@@ -55,7 +57,7 @@ class LoneRowBypass:
         self._batched, self._alone = batched, alone
         self._in_flight = 0
 
-    async def __call__(self, row: np.ndarray) -> np.ndarray:
+    async def __call__(self, row: Any) -> np.ndarray:
         call = self._batched if self._in_flight else self._alone
         self._in_flight += 1
         try:
