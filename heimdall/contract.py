@@ -106,9 +106,9 @@ class Contract(_Frozen):
         """Per-item input shape (receivers, mel bins, frames); the batch axis is dynamic."""
         return (len(self.receivers), self.features.n_mels, self.features.n_frames)
 
-    @property
+    @cached_property
     def receiver_ids(self) -> tuple[str, ...]:
-        return tuple(r.id for r in self.receivers)
+        return tuple(r.id for r in self.receivers)  # read twice per request: built once
 
     def fingerprint(self) -> str:
         """Digest of everything that changes the features or the meaning of the outputs."""

@@ -74,12 +74,15 @@ def decode_captures(
     # Stations first: refusing an unknown or short set costs nothing next to decoding the samples.
     _check_stations([s for s, _ in pairs], contract, field, field + "[{}].station")
     decoded: dict[str, _Decoded] = {}
+    wire: dict[str, bytes] = {}  # base64 receivers' bytes, converted together once all are checked
+    places: dict[str, str] = {}
     for i, (station, data) in enumerate(pairs):
-        where = f"{field}[{i}].iq"
+        places[station] = where = f"{field}[{i}].iq"
         if isinstance(data, str):
-            decoded[station] = _from_base64(data, encoding, max_samples, contract, where)
+            wire[station] = _from_base64(data, encoding, max_samples, contract, where)
         else:
             decoded[station] = _from_pairs(data, max_samples, contract, where)
+    decoded.update(_from_bytes(wire, encoding, places))
     return _canonical(decoded, contract)
 
 
@@ -106,11 +109,8 @@ def decode_octets(
     n = len(body) // width
     _check_count(n, max_samples, contract, "body")
     chunk = n * ENCODINGS[encoding]
-    decoded = {
-        s: _from_bytes(memoryview(body)[i * chunk : (i + 1) * chunk], encoding, f"body[{s}]")
-        for i, s in enumerate(stations)
-    }
-    return _canonical(decoded, contract)
+    wire = {s: memoryview(body)[i * chunk : (i + 1) * chunk] for i, s in enumerate(stations)}
+    return _canonical(_from_bytes(wire, encoding, {s: f"body[{s}]" for s in stations}), contract)
 
 
 def _check_encoding(encoding: object) -> None:
@@ -216,7 +216,8 @@ def _from_counts(values: np.ndarray, where: str, counts_known: bool) -> _Decoded
     return _complex(interleaved), counts
 
 
-def _from_base64(text: str, encoding: str, max_samples: int, contract: Contract, where: str) -> _Decoded:
+def _from_base64(text: str, encoding: str, max_samples: int, contract: Contract, where: str) -> bytes:
+    """A receiver's base64 string -> its wire bytes: a whole number of samples, within the limits."""
     per_sample = ENCODINGS[encoding]
     # Refuse oversize strings before decoding them (4 base64 characters carry 3 bytes).
     if len(text) > 4 * -(-max_samples * per_sample // 3):
@@ -236,19 +237,38 @@ def _from_base64(text: str, encoding: str, max_samples: int, contract: Contract,
             "odd_length",
         )
     _check_count(len(raw) // per_sample, max_samples, contract, where)
-    return _from_bytes(raw, encoding, where)
+    return raw
 
 
-def _from_bytes(raw: bytes | memoryview, encoding: str, where: str) -> _Decoded:
-    """Interleaved little-endian I/Q of a whole number of samples -> complex64 full scale."""
+def _from_bytes(
+    wire: Mapping[str, bytes | memoryview], encoding: str, places: Mapping[str, str]
+) -> dict[str, _Decoded]:
+    """Receivers' interleaved little-endian I/Q, each a whole number of samples -> complex64 full scale.
+
+    int16 receivers are converted as one array (a numpy call per step, not per receiver:
+    ~3 us less per receiver); complex64 ones one by one, so a bad value is refused with
+    its receiver's field name from `places`.
+    """
+    if not wire:
+        return {}
     if encoding == "int16":
-        counts = np.frombuffer(raw, dtype="<i2")
+        counts = np.frombuffer(b"".join(wire.values()), dtype="<i2")
         interleaved = counts.astype(np.float32)
         interleaved *= _SCALE
-        return interleaved.view(np.complex64), counts  # integers: no -0.0 for `_complex` to clear
-    values = np.frombuffer(raw, dtype="<f4")
-    _check_range(values, -1.0, 1.0, where, "complex64 full-scale units")
-    return _complex(values.astype(np.float32)), None  # astype copies: the request buffer is not ours
+        interleaved.flags.writeable = False  # and so are the receivers' views below
+        decoded, start = {}, 0
+        for station, raw in wire.items():
+            stop = start + len(raw) // 2
+            # Integers: no -0.0 for `_complex` to clear.
+            decoded[station] = interleaved[start:stop].view(np.complex64), counts[start:stop]
+            start = stop
+        return decoded
+    decoded = {}
+    for station, raw in wire.items():
+        values = np.frombuffer(raw, dtype="<f4")
+        _check_range(values, -1.0, 1.0, places[station], "complex64 full-scale units")
+        decoded[station] = _complex(values.astype(np.float32)), None  # astype copies: the buffer is not ours
+    return decoded
 
 
 def _check_range(values: np.ndarray, low: float, high: float, where: str, units: str) -> None:

@@ -108,8 +108,11 @@ def in_process_limit(repeats: int = 3) -> tuple[int, float, dict[int, float]]:
     return best_batch, rates[best_batch], rates
 
 
-def decode_costs() -> dict[str, float]:
+def decode_costs(repeats: int = 5, seconds: float = 0.2) -> dict[str, float]:
     """Milliseconds per 4096-sample receiver from request bytes to a validated capture set.
+
+    The forms take turns over `repeats` windows of `seconds`, and each keeps its fastest
+    window: a slow spell of this shared machine then weighs on no form's figure.
 
     JSON bodies are read as the service reads them (`heimdall.json_body`), and once more the
     way BentoML reads a JSON body by default, through pydantic.
@@ -136,13 +139,14 @@ def decode_costs() -> dict[str, float]:
         "base64 int16": lambda: decode_captures(json_body.read(b64), "int16", contract, 65536),
         "octet-stream": lambda: decode_octets(octets, stations, "int16", contract, 65536),
     }
-    out = {}
-    for name, decode in forms.items():
-        n, start = 0, time.perf_counter()
-        while time.perf_counter() - start < 1.0:
-            decode()
-            n += 1
-        out[name] = (time.perf_counter() - start) / n / len(stations) * 1e3
+    out = dict.fromkeys(forms, float("inf"))
+    for _ in range(repeats):
+        for name, decode in forms.items():
+            n, start = 0, time.perf_counter()
+            while time.perf_counter() - start < seconds:
+                decode()
+                n += 1
+            out[name] = min(out[name], (time.perf_counter() - start) / n / len(stations) * 1e3)
     return out
 
 
