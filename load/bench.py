@@ -108,7 +108,7 @@ def in_process_limit(repeats: int = 3) -> tuple[int, float, dict[int, float]]:
     return best_batch, rates[best_batch], rates
 
 
-def decode_costs(repeats: int = 5, seconds: float = 0.2) -> dict[str, float]:
+def decode_costs(repeats: int = 15, seconds: float = 0.2) -> dict[str, float]:
     """Milliseconds per 4096-sample receiver from request bytes to a validated capture set.
 
     The forms take turns over `repeats` windows of `seconds`, and each keeps its fastest
