@@ -255,7 +255,6 @@ def _from_bytes(
         counts = np.frombuffer(b"".join(wire.values()), dtype="<i2")
         interleaved = counts.astype(np.float32)
         interleaved *= _SCALE
-        interleaved.flags.writeable = False  # and so are the receivers' views below
         decoded, start = {}, 0
         for station, raw in wire.items():
             stop = start + len(raw) // 2

@@ -12,7 +12,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from support import free_port, stop_group, wait_until
+from support import POSITION_TOLERANCE_DEG, free_port, stop_group, wait_until
 
 from heimdall.contract import Contract, FeatureExtractor, iq_from_int16
 from heimdall.examples import example_captures, request_body
@@ -152,10 +152,8 @@ def test_exported_bento_serves_the_same_answer_from_an_empty_home(served_bento, 
     payload = {**request_body(example_captures()), "use_cache": False}
     body = _post(f"{served_bento}/predict", payload)
     want = _expected(model)
-    # To the model's float32 resolution (~10 cm; an ulp at 100 km is 8 mm): the service runs BLAS on one
-    # thread, this process on any number, and the mel matmul may round differently.
-    assert body["lat"] == pytest.approx(want["lat"], abs=1e-6)
-    assert body["lon"] == pytest.approx(want["lon"], abs=1e-6)
+    assert body["lat"] == pytest.approx(want["lat"], abs=POSITION_TOLERANCE_DEG)
+    assert body["lon"] == pytest.approx(want["lon"], abs=POSITION_TOLERANCE_DEG)
     assert body["model_name"] == model.tag.name and body["model_version"] == model.tag.version
     with urllib.request.urlopen(f"{served_bento}/v1/model", timeout=10) as r:
         info = json.loads(r.read())["model"]

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from prometheus_client import REGISTRY
 from starlette.testclient import TestClient
+from support import POSITION_TOLERANCE_DEG
 
 from heimdall.contract import Contract, FeatureExtractor, iq_from_int16
 from heimdall.examples import example_captures, octet_body, request_body
@@ -56,10 +57,8 @@ def test_known_capture_gives_the_in_process_answer(served):
     body = r.json()
     out, contract = _expected(model, captures)
     want = describe(out, contract, 0.95, 10_000.0)
-    # To the model's float32 resolution (~10 cm; an ulp at 100 km is 8 mm): the service runs BLAS on one
-    # thread, this process on any number, and the mel matmul may round differently.
-    assert body["lat"] == pytest.approx(want["lat"], abs=1e-6)
-    assert body["lon"] == pytest.approx(want["lon"], abs=1e-6)
+    assert body["lat"] == pytest.approx(want["lat"], abs=POSITION_TOLERANCE_DEG)
+    assert body["lon"] == pytest.approx(want["lon"], abs=POSITION_TOLERANCE_DEG)
     assert body["uncertainty"] == pytest.approx(want["uncertainty"])
     assert body["confidence"] == pytest.approx(want["confidence"])
     assert 0.0 <= body["confidence"] <= 1.0
@@ -132,7 +131,7 @@ def test_concurrent_requests_each_get_their_own_answer(served):
     # A batched ONNX run may round float32 differently from a single row:
     # agree to ~10 cm (a float32 ulp at 100 km is 8 mm).
     for a, b in zip(serial, parallel, strict=True):
-        assert (a["lat"], a["lon"]) == pytest.approx((b["lat"], b["lon"]), abs=1e-6)
+        assert (a["lat"], a["lon"]) == pytest.approx((b["lat"], b["lon"]), abs=POSITION_TOLERANCE_DEG)
     assert len({(a["lat"], a["lon"]) for a in parallel}) == len(payloads)
 
 
