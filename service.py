@@ -13,18 +13,26 @@ import numpy as np
 from pydantic import Field
 from threadpoolctl import threadpool_limits
 
-from heimdall import json_body
-from heimdall.admission import Admission
-from heimdall.batching import LoneRowBypass, batch_caller
-from heimdall.contract import FeatureExtractor
-from heimdall.http import ops_app, refusals_as_400
-from heimdall.inference import OnnxLocalizer
-from heimdall.localizer import Localizer, ServedModel
-from heimdall.metrics import Metrics
-from heimdall.schemas import BatchPrediction, Capture, CaptureSetIn, ConfidenceLevel, Encoding, Prediction
-from heimdall.servable import load_servable
-from heimdall.settings import load_settings
-from heimdall.shutdown import stop_listening_on_sigterm
+from heimdall.contract.features import FeatureExtractor
+from heimdall.contract.servable import load_servable
+from heimdall.serving import json_body
+from heimdall.serving.admission import Admission
+from heimdall.serving.batching import LoneRowBypass
+from heimdall.serving.bentoml_internals import batch_caller
+from heimdall.serving.inference import OnnxModel
+from heimdall.serving.metrics import Metrics
+from heimdall.serving.pipeline import Pipeline, ServedModel
+from heimdall.serving.routes import ops_app, refusals_as_400
+from heimdall.serving.schemas import (
+    BatchPrediction,
+    Capture,
+    CaptureSetIn,
+    ConfidenceLevel,
+    Encoding,
+    Prediction,
+)
+from heimdall.serving.settings import load_settings
+from heimdall.serving.shutdown import stop_listening_on_sigterm
 
 settings = load_settings()
 
@@ -45,7 +53,7 @@ class InferRequest(bentoml.IODescriptor):
     @classmethod
     async def from_http_request(cls, request: Any, serde: Any) -> InferRequest:
         body = await super().from_http_request(request, serde)
-        body.items = _current().localizer.decode_rows(body.items)
+        body.items = _current().pipeline.decode_rows(body.items)
         return body
 
 
@@ -56,7 +64,7 @@ class InferRequest(bentoml.IODescriptor):
     metrics={"enabled": True, "namespace": "bentoml_service"},
     logging={"access": {"enabled": settings.access_log}},
 )
-@bentoml.asgi_app(ops_app(lambda: _current().localizer), path="/v1")
+@bentoml.asgi_app(ops_app(lambda: _current().pipeline), path="/v1")
 class Heimdall:
     model = bentoml.models.BentoModel(settings.model_tag)
 
@@ -71,7 +79,7 @@ class Heimdall:
         contract = load_servable(
             self.model.path_of("model.onnx"), self.model.path_of("contract.json"), str(self.model.tag)
         )
-        self.onnx = OnnxLocalizer(self.model.path_of("model.onnx"), contract, threads=settings.onnx_threads)
+        self.onnx = OnnxModel(self.model.path_of("model.onnx"), contract, threads=settings.onnx_threads)
         self.onnx.warm_up()
         self.features = FeatureExtractor(contract)
         self.features.warm_up()
@@ -87,7 +95,7 @@ class Heimdall:
             infer = LoneRowBypass(self._infer_batched, self._infer_direct)
         else:
             infer = self._infer_direct
-        self.localizer = Localizer(served, settings, self.metrics, infer)
+        self.pipeline = Pipeline(served, settings, self.metrics, infer)
         # With CPython's default thresholds a request triggers collections that re-scan the
         # worker's ~250k long-lived objects (and a JSON body the fast reader does not take
         # becomes ~30k lists per receiver, hundreds of collections). Freeze what exists now
@@ -124,7 +132,7 @@ class Heimdall:
         use_cache: bool = True,
     ) -> Prediction:
         """Locate the transmitter heard in one capture set."""
-        return await self.localizer.predict(captures, encoding, confidence_level, use_cache)
+        return await self.pipeline.predict(captures, encoding, confidence_level, use_cache)
 
     @json_body.api(route="/predict/batch")
     @refusals_as_400
@@ -132,7 +140,7 @@ class Heimdall:
         self, items: list[CaptureSetIn], confidence_level: ConfidenceLevel = 0.95, use_cache: bool = True
     ) -> BatchPrediction:
         """Locate 1-100 capture sets; a bad item gets its own error without failing the others."""
-        return await self.localizer.predict_batch(items, confidence_level, use_cache)
+        return await self.pipeline.predict_batch(items, confidence_level, use_cache)
 
     @bentoml.api(
         batchable=True,
@@ -143,7 +151,7 @@ class Heimdall:
     def infer(self, items: list[Mapping[str, np.ndarray]]) -> list[list[float]]:
         """The model's raw outputs [east m, north m, sigma east m, sigma north m, correlation]
         for each capture set, adaptive-batched. Items arrive decoded: this worker's requests
-        hand their capture sets to the batcher in-process (`heimdall.batching`), and
+        hand their capture sets to the batcher in-process (`heimdall.serving.batching`), and
         `InferRequest` decodes those posted here."""
         return self._locate(items).tolist()
 

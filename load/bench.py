@@ -41,13 +41,14 @@ sys.path[:0] = [str(Path(__file__).resolve().parent), str(ROOT)]
 from harness import REPORTS, Service  # noqa: E402
 from pydantic import TypeAdapter  # noqa: E402
 
-from heimdall import json_body  # noqa: E402
-from heimdall.contract import Contract, FeatureExtractor  # noqa: E402
-from heimdall.decode import decode_captures, decode_octets  # noqa: E402
-from heimdall.examples import example_captures  # noqa: E402
-from heimdall.inference import OnnxLocalizer  # noqa: E402
-from heimdall.schemas import Capture  # noqa: E402
-from heimdall.settings import Settings  # noqa: E402
+from heimdall.contract.document import Contract  # noqa: E402
+from heimdall.contract.features import FeatureExtractor  # noqa: E402
+from heimdall.serving import json_body  # noqa: E402
+from heimdall.serving.decode import decode_captures, decode_octets  # noqa: E402
+from heimdall.serving.inference import OnnxModel  # noqa: E402
+from heimdall.serving.schemas import Capture  # noqa: E402
+from heimdall.serving.settings import Settings  # noqa: E402
+from heimdall.training.examples import example_captures  # noqa: E402
 
 CAPTURES = example_captures()
 _PYDANTIC_CAPTURES = TypeAdapter(list[Capture])
@@ -90,7 +91,7 @@ def in_process_limit(repeats: int = 3) -> tuple[int, float, dict[int, float]]:
     model_dir = Path(bentoml.models.get("heimdall-localizer:latest").path)
     contract = Contract.load(model_dir / "contract.json")
     extractor = FeatureExtractor(contract)
-    onnx = OnnxLocalizer(model_dir / "model.onnx", contract, threads=1)
+    onnx = OnnxModel(model_dir / "model.onnx", contract, threads=1)
     pairs = [(s, base64.b64encode(v.tobytes()).decode()) for s, v in CAPTURES.items()]
     rates = {}
     for batch in (1, 4, 16, 64):
@@ -114,7 +115,7 @@ def decode_costs(repeats: int = 15, seconds: float = 0.2) -> dict[str, float]:
     The forms take turns over `repeats` windows of `seconds`, and each keeps its fastest
     window: a slow spell of this shared machine then weighs on no form's figure.
 
-    JSON bodies are read as the service reads them (`heimdall.json_body`), and once more the
+    JSON bodies are read as the service reads them (`heimdall.serving.json_body`), and once more the
     way BentoML reads a JSON body by default, through pydantic.
 
     Under the service's garbage-collector settings (see service.py): with CPython's

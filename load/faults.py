@@ -33,9 +33,9 @@ import psutil
 sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[1])]
 from harness import REPORTS, ROOT, Redis, Service, fresh_only, locust_command  # noqa: E402
 
-from heimdall.examples import example_captures, request_body  # noqa: E402
-from heimdall.settings import Settings  # noqa: E402
-from heimdall.stations import STATIONS  # noqa: E402
+from heimdall.contract.stations import STATIONS  # noqa: E402
+from heimdall.serving.settings import Settings  # noqa: E402
+from heimdall.training.examples import example_captures, request_body  # noqa: E402
 
 WARMUP = 10.0
 Row = tuple[float, float, str, int]  # time, ms, request name, HTTP status (0: no response)

@@ -3,8 +3,8 @@ request body as POST /predict and does nothing else."""
 
 import bentoml
 
-from heimdall.schemas import Capture, ConfidenceLevel, Encoding
-from heimdall.settings import Settings
+from heimdall.serving.schemas import Capture, ConfidenceLevel, Encoding
+from heimdall.serving.settings import Settings
 
 
 @bentoml.service(

@@ -1,6 +1,6 @@
 """Pre-encoded request bodies for the load test: realistic capture sets, cheap to send.
 
-Every scene from `heimdall.simulate` is encoded once, in each form asked for, as a
+Every scene from `heimdall.training.simulate` is encoded once, in each form asked for, as a
 `head + middle + tail` byte string whose middle holds the first three int16 values of the
 first capture. A *fresh* capture set replaces those three values with a random offset of
 the originals (at most +-2048 ADC counts in 3 of 4096 samples): a new canonical IQ, so a
@@ -20,7 +20,7 @@ from typing import Literal
 
 import numpy as np
 
-from heimdall.simulate import simulate_scenes
+from heimdall.training.simulate import simulate_scenes
 
 Form = Literal["int16", "pairs"]
 FORMS: tuple[Form, ...] = ("int16", "pairs")

@@ -61,7 +61,7 @@ def mlflow_sqlite(tmp_path_factory) -> str:
 @pytest.fixture(scope="session")
 def reference_tag(mlflow_sqlite) -> str:
     """The committed reference model, registered in MLflow and imported into the BentoML store."""
-    from heimdall.registry import import_model, register
+    from heimdall.lifecycle.registry import import_model, register
 
     register(REFERENCE_MODEL, name="heimdall-localizer", alias="production", tracking_uri=mlflow_sqlite)
     model = import_model("models:/heimdall-localizer@production", tracking_uri=mlflow_sqlite)

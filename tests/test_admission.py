@@ -6,7 +6,7 @@ import asyncio
 
 import httpx
 
-from heimdall.admission import REBALANCE_AT, Admission
+from heimdall.serving.admission import REBALANCE_AT, Admission
 
 
 class Held:

@@ -12,7 +12,7 @@ import asyncio
 import numpy as np
 import pytest
 
-from heimdall.batching import LoneRowBypass
+from heimdall.serving.batching import LoneRowBypass
 
 
 class Model:

@@ -14,11 +14,12 @@ from pathlib import Path
 import pytest
 from support import POSITION_TOLERANCE_DEG, free_port, stop_group, wait_until
 
-from heimdall.contract import Contract, FeatureExtractor, iq_from_int16
-from heimdall.examples import example_captures, request_body
-from heimdall.inference import ModelOutput, OnnxLocalizer
-from heimdall.postprocess import describe
-from heimdall.release import PROJECT_DIR, build_bento, container_engine
+from heimdall.contract.document import Contract
+from heimdall.contract.features import FeatureExtractor, iq_from_int16
+from heimdall.lifecycle.release import PROJECT_DIR, build_bento, container_engine
+from heimdall.serving.inference import ModelOutput, OnnxModel
+from heimdall.serving.postprocess import describe
+from heimdall.training.examples import example_captures, request_body
 
 BENTOML = [sys.executable, "-m", "bentoml"]
 PINS = tomllib.loads((PROJECT_DIR / "pyproject.toml").read_text())["project"]["dependencies"]
@@ -58,10 +59,11 @@ def test_same_inputs_give_the_same_bento(bento, model):
 def test_bento_carries_only_the_service_code_and_the_pyproject_pins(bento):
     src = Path(bento.path) / "src"
     files = {p.relative_to(src).as_posix() for p in src.rglob("*") if p.is_file()}
-    assert {"service.py", "heimdall/localizer.py", "heimdall/contract.py", "heimdall/cache.py"} <= files
-    for absent in ("train", "evaluate", "registry", "release", "cli"):
-        assert f"heimdall/{absent}.py" not in files
-    assert not any(f.startswith(("tests/", "load/", "heimdall/reference/", ".heimdall/")) for f in files)
+    assert {"service.py", "heimdall/serving/pipeline.py", "heimdall/contract/document.py"} <= files
+    assert not any(
+        f.startswith(("tests/", "load/", "heimdall/lifecycle/", "heimdall/training/", "heimdall/reference/"))
+        for f in files
+    )
     requirements = (Path(bento.path) / "env" / "python" / "requirements.txt").read_text().split()
     assert set(PINS) <= set(requirements)
     assert all("==" in r for r in requirements)
@@ -93,7 +95,7 @@ def _expected(model) -> dict:
     contract = Contract.load(model.path_of("contract.json"))
     captures = example_captures()
     features = FeatureExtractor(contract).capture_sets([{s: iq_from_int16(v) for s, v in captures.items()}])
-    out = ModelOutput(*OnnxLocalizer(model.path_of("model.onnx"), contract).run(features)[0])
+    out = ModelOutput(*OnnxModel(model.path_of("model.onnx"), contract).run(features)[0])
     return describe(out, contract, 0.95, 10_000.0)
 
 

@@ -16,12 +16,12 @@ import redis
 from prometheus_client import CollectorRegistry
 from support import RedisServer
 
-from heimdall.cache import Cached, PredictionCache, decode_value, encode_value
-from heimdall.contract import Contract
-from heimdall.decode import CaptureSet, decode_captures
-from heimdall.inference import ModelOutput
-from heimdall.metrics import Metrics
-from heimdall.settings import Settings
+from heimdall.contract.document import Contract
+from heimdall.serving.cache import Cached, PredictionCache, decode_value, encode_value
+from heimdall.serving.decode import CaptureSet, decode_captures
+from heimdall.serving.inference import ModelOutput
+from heimdall.serving.metrics import Metrics
+from heimdall.serving.settings import Settings
 
 SHARED_URL = "redis://127.0.0.1:6379/0"
 CONTRACT = Contract()
@@ -254,7 +254,7 @@ def test_corrupt_or_foreign_entries_are_misses_counted_and_dropped(shared, store
 
 
 def test_outage_serves_uncached_logs_once_and_recovers(own, caplog):
-    caplog.set_level(logging.INFO, logger="heimdall.cache")
+    caplog.set_level(logging.INFO, logger="heimdall.serving.cache")
 
     async def scenario():
         h = Harness(own.url, cache_timeout_ms=100, cache_retry_s=0.5)
@@ -369,7 +369,7 @@ def test_rediss_url_talks_tls_with_a_password_and_never_shows_it(tmp_path, caplo
         assert client.get(h.key(c := capture(11))) == encode_value(answer(c))
         client.close()
         server.stop()
-        with caplog.at_level(logging.WARNING, logger="heimdall.cache"):
+        with caplog.at_level(logging.WARNING, logger="heimdall.serving.cache"):
             asyncio.run(Harness(server.url).predict(capture(12)))  # Redis gone: served uncached, logged once
         assert "failed" in caplog.text and "tls-s3cret" not in caplog.text
         assert "tls-s3cret" not in str(h.cache.stats())

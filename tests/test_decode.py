@@ -7,9 +7,10 @@ import base64
 import numpy as np
 import pytest
 
-from heimdall.contract import Contract, iq_from_int16
-from heimdall.decode import CaptureSet, decode_captures, decode_octets
-from heimdall.errors import InputError
+from heimdall.contract.document import Contract
+from heimdall.contract.features import iq_from_int16
+from heimdall.serving.decode import CaptureSet, decode_captures, decode_octets
+from heimdall.serving.errors import InputError
 
 CONTRACT = Contract()
 IDS = CONTRACT.receiver_ids

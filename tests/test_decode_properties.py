@@ -15,9 +15,10 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from heimdall.contract import INT16_FULL_SCALE, Contract
-from heimdall.decode import CaptureSet, decode_captures, decode_octets
-from heimdall.errors import InputError
+from heimdall.contract.document import Contract
+from heimdall.contract.features import INT16_FULL_SCALE
+from heimdall.serving.decode import CaptureSet, decode_captures, decode_octets
+from heimdall.serving.errors import InputError
 
 CONTRACT = Contract()
 IDS = CONTRACT.receiver_ids

@@ -23,10 +23,10 @@ from mlflow import MlflowClient
 from support import Serve, wait_until
 from tiny_model import build_tiny_model
 
-from heimdall.errors import ModelNotServable
-from heimdall.examples import request_body
-from heimdall.registry import RegistryError, import_model, register
-from heimdall.simulate import simulate_scenes
+from heimdall.contract.servable import ModelNotServable
+from heimdall.lifecycle.registry import RegistryError, import_model, register
+from heimdall.training.examples import request_body
+from heimdall.training.simulate import simulate_scenes
 
 
 def _readyz(url: str) -> int | None:

@@ -8,9 +8,10 @@ import librosa
 import numpy as np
 import pytest
 
-from heimdall.contract import Contract, FeatureExtractor, iq_from_int16
-from heimdall.evaluate import scene_features
-from heimdall.simulate import simulate_scenes
+from heimdall.contract.document import Contract
+from heimdall.contract.features import FeatureExtractor, iq_from_int16
+from heimdall.training.evaluate import scene_features
+from heimdall.training.simulate import simulate_scenes
 
 REFERENCE = Path(__file__).resolve().parents[1] / "heimdall" / "reference" / "contract.json"
 

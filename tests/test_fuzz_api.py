@@ -19,9 +19,9 @@ from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import response_schema_conformance
 from support import RedisServer, Serve
 
-from heimdall.contract import Contract
-from heimdall.examples import request_body
-from heimdall.schemas import Prediction
+from heimdall.contract.document import Contract
+from heimdall.serving.schemas import Prediction
+from heimdall.training.examples import request_body
 
 pytestmark = pytest.mark.slow
 

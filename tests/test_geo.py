@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from heimdall import geo
+from heimdall.contract import geo
 
 
 def test_chi2_scale_is_exact_for_two_dimensions():

@@ -1,4 +1,4 @@
-"""`heimdall.json_body.read` gives what `json.loads` gives, with pair lists under `iq` as arrays."""
+"""`heimdall.serving.json_body.read` gives what `json.loads` gives, with pair lists under `iq` as arrays."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from heimdall.json_body import read
+from heimdall.serving.json_body import read
 
 # Exactly representable in float64, so a pair list read into an array compares equal to its lists.
 numbers = st.integers(-(2**53), 2**53) | st.floats(allow_nan=False, allow_infinity=False)

@@ -8,9 +8,10 @@ import numpy as np
 import onnx
 import pytest
 
-from heimdall.contract import Contract, FeatureExtractor
-from heimdall.evaluate import EVAL_SEED, evaluate, open_session, predict, scene_features
-from heimdall.simulate import simulate_scenes
+from heimdall.contract.document import Contract
+from heimdall.contract.features import FeatureExtractor
+from heimdall.training.evaluate import EVAL_SEED, evaluate, open_session, predict, scene_features
+from heimdall.training.simulate import simulate_scenes
 
 REFERENCE = Path(__file__).resolve().parents[1] / "heimdall" / "reference"
 

@@ -25,10 +25,10 @@ from mlflow import MlflowClient
 from support import stop_group
 from tiny_model import TINY_ACCURACY, build_incompatible_model, build_tiny_model
 
-from heimdall.cli import main
-from heimdall.contract import Contract
-from heimdall.errors import ModelNotServable
-from heimdall.registry import RegistryError, import_model, load_bento_model, register
+from heimdall.contract.document import Contract
+from heimdall.contract.servable import ModelNotServable
+from heimdall.lifecycle.cli import main
+from heimdall.lifecycle.registry import RegistryError, import_model, load_bento_model, register
 
 
 @pytest.fixture(scope="module")
@@ -216,7 +216,7 @@ def test_cli_errors_are_one_line_without_traceback(models: dict[str, Path], tmp_
     }
     for case, argv in cases.items():
         done = subprocess.run(
-            [sys.executable, "-m", "heimdall.cli", *argv], env=env, capture_output=True, text=True, timeout=60
+            [sys.executable, "-m", "heimdall.lifecycle.cli", *argv], env=env, capture_output=True, text=True, timeout=60
         )
         assert done.returncode == 1, case
         assert len(done.stderr.strip().splitlines()) == 1 and "Traceback" not in done.stderr, done.stderr

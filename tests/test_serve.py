@@ -11,8 +11,8 @@ import httpx
 import pytest
 from support import POSITION_TOLERANCE_DEG, RedisServer, Serve, wait_until
 
-from heimdall.examples import request_body
-from heimdall.simulate import simulate_scenes
+from heimdall.training.examples import request_body
+from heimdall.training.simulate import simulate_scenes
 
 pytestmark = pytest.mark.slow
 

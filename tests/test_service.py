@@ -13,11 +13,12 @@ from prometheus_client import REGISTRY
 from starlette.testclient import TestClient
 from support import POSITION_TOLERANCE_DEG
 
-from heimdall.contract import Contract, FeatureExtractor, iq_from_int16
-from heimdall.examples import example_captures, octet_body, request_body
-from heimdall.inference import ModelOutput, OnnxLocalizer
-from heimdall.postprocess import describe
-from heimdall.simulate import simulate_scenes
+from heimdall.contract.document import Contract
+from heimdall.contract.features import FeatureExtractor, iq_from_int16
+from heimdall.serving.inference import ModelOutput, OnnxModel
+from heimdall.serving.postprocess import describe
+from heimdall.training.examples import example_captures, octet_body, request_body
+from heimdall.training.simulate import simulate_scenes
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +38,7 @@ def served(reference_tag, shared_redis_url):
 def _expected(model, captures: dict[str, np.ndarray]) -> ModelOutput:
     contract = Contract.load(model.path_of("contract.json"))
     features = FeatureExtractor(contract).capture_sets([{s: iq_from_int16(v) for s, v in captures.items()}])
-    onnx = OnnxLocalizer(model.path_of("model.onnx"), contract)
+    onnx = OnnxModel(model.path_of("model.onnx"), contract)
     return ModelOutput(*onnx.run(features)[0]), contract
 
 

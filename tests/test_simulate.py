@@ -7,9 +7,9 @@ from dataclasses import fields
 import numpy as np
 import pytest
 
-from heimdall.baseline import received_power_dbm
-from heimdall.contract import Contract
-from heimdall.simulate import (
+from heimdall.contract.document import Contract
+from heimdall.training.baseline import received_power_dbm
+from heimdall.training.simulate import (
     MIN_STATION_DISTANCE_M,
     PATH_LOSS_EXPONENT,
     Scenes,

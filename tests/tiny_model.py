@@ -16,7 +16,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from heimdall.contract import Accuracy, Contract, FeatureSpec
+from heimdall.contract.document import Accuracy, Contract, FeatureSpec
 
 OPSET = 17
 

@@ -35,10 +35,10 @@ from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 
-from heimdall.decode import CaptureSet
-from heimdall.inference import ModelOutput
-from heimdall.metrics import Metrics
-from heimdall.settings import Settings
+from heimdall.serving.decode import CaptureSet
+from heimdall.serving.inference import ModelOutput
+from heimdall.serving.metrics import Metrics
+from heimdall.serving.settings import Settings
 
 log = logging.getLogger(__name__)
 

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from heimdall import geo
-from heimdall.contract import Contract
-from heimdall.inference import ModelOutput
+from heimdall.contract import geo
+from heimdall.contract.document import Contract
+from heimdall.serving.inference import ModelOutput
 
 
 def describe(out: ModelOutput, contract: Contract, level: float, radius_m: float) -> dict:

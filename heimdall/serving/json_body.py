@@ -24,7 +24,8 @@ import bentoml
 import numpy as np
 import pydantic_core
 import simdjson
-from _bentoml_impl.serde import JSONSerde
+
+from heimdall.serving.bentoml_internals import is_json_serde
 
 # What a number can be made of in minified JSON; deleting it from a pair list leaves its structure.
 _NUMBER_CHARS = b"0123456789+-.eE"
@@ -102,7 +103,7 @@ def api(**options: Any) -> Callable[[Callable[..., Any]], Any]:
         class Input(derived):  # type: ignore[misc, valid-type]
             @classmethod
             async def from_http_request(cls, request: Any, serde: Any) -> bentoml.IODescriptor:
-                if isinstance(serde, JSONSerde):
+                if is_json_serde(serde):
                     document = read(await request.body())
                     if document is not None:
                         return cls.model_validate(document)

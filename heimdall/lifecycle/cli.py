@@ -21,7 +21,7 @@ def _given(**kwargs: Any) -> dict[str, Any]:
 
 
 def _simulate(args: argparse.Namespace) -> None:
-    from heimdall.simulate import simulate_scenes
+    from heimdall.training.simulate import simulate_scenes
 
     scenes = simulate_scenes(args.scenes, args.seed)
     scenes.save(args.out)
@@ -33,7 +33,7 @@ def _train(args: argparse.Namespace) -> None:
         import torch  # noqa: F401
     except ImportError:
         raise SystemExit("heimdall train needs PyTorch: pip install -e '.[train]'") from None
-    from heimdall.train import train
+    from heimdall.training.train import train
 
     train(args.out, **_given(seed=args.seed, n_train=args.scenes, epochs=args.epochs))
     print(f"model and contract -> {args.out}")
@@ -43,7 +43,7 @@ def _evaluate(args: argparse.Namespace) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from heimdall.evaluate import evaluate
+    from heimdall.training.evaluate import evaluate
 
     result = evaluate(args.model, **_given(n_scenes=args.scenes, seed=args.seed, plot_path=args.plot))
     figures = result.model_dump() if hasattr(result, "model_dump") else dict(result)
@@ -54,7 +54,7 @@ def _evaluate(args: argparse.Namespace) -> None:
 
 
 def _register(args: argparse.Namespace) -> None:
-    from heimdall.registry import register
+    from heimdall.lifecycle.registry import register
 
     reg = register(args.model, **_given(name=args.name, alias=args.alias))
     state = "already registered as" if reg.reused else "registered as"
@@ -63,7 +63,7 @@ def _register(args: argparse.Namespace) -> None:
 
 
 def _import(args: argparse.Namespace) -> None:
-    from heimdall.registry import import_model
+    from heimdall.lifecycle.registry import import_model
 
     stored = import_model(args.uri)
     labels = " ".join(f"{k}={v}" for k, v in stored.info.labels.items())
@@ -71,7 +71,7 @@ def _import(args: argparse.Namespace) -> None:
 
 
 def _release(args: argparse.Namespace) -> None:
-    from heimdall.release import release
+    from heimdall.lifecycle.release import release
 
     done = release(args.uri, **_given(project_dir=args.project_dir), image=not args.no_image)
     print(f"bento  {done.bento_tag}")
@@ -90,7 +90,7 @@ def _release(args: argparse.Namespace) -> None:
 def _example(args: argparse.Namespace) -> None:
     import json
 
-    from heimdall.examples import example_captures, octet_body, request_body
+    from heimdall.training.examples import example_captures, octet_body, request_body
 
     if args.form == "octets":
         body, stations = octet_body(example_captures())
@@ -159,10 +159,10 @@ def _parser() -> argparse.ArgumentParser:
 
 def _expected(exc: Exception) -> bool:
     """Failures a user can act on from a one-line message, as opposed to bugs (which keep their traceback)."""
-    from heimdall.errors import ModelNotServable
+    from heimdall.contract.servable import ModelNotServable
 
-    registry = sys.modules.get("heimdall.registry")  # imported only by the commands that need MLflow
-    release = sys.modules.get("heimdall.release")
+    registry = sys.modules.get("heimdall.lifecycle.registry")  # imported only by the commands that need MLflow
+    release = sys.modules.get("heimdall.lifecycle.release")
     return (
         isinstance(exc, ModelNotServable | OSError)
         or (registry is not None and isinstance(exc, registry.RegistryError))

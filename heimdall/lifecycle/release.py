@@ -1,6 +1,6 @@
 """Release: MLflow registry model -> versioned Bento -> container image, in one call.
 
-`release("models:/NAME@ALIAS")` imports the model (heimdall.registry), builds a Bento
+`release("models:/NAME@ALIAS")` imports the model (heimdall.lifecycle.registry), builds a Bento
 from bentofile.yaml and, when a container engine answers, runs `bentoml containerize`.
 
 The Python packages of the Bento are `[project].dependencies` of pyproject.toml, read at
@@ -31,20 +31,17 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-import attr
 import bentoml
-from bentoml._internal.bento import Bento
-from bentoml._internal.bento.build_config import BentoBuildConfig, BentoEnvSchema, BentoPathSpec
-from bentoml._internal.configuration.containers import BentoMLContainer
 from bentoml.exceptions import NotFound
-from rich.console import Console
 from rich.markup import escape
 
-PROJECT_DIR = Path(__file__).resolve().parents[1]
+from heimdall.lifecycle.progress import console, step
+from heimdall.serving import bentoml_internals as internals
+
+PROJECT_DIR = Path(__file__).resolve().parents[2]
 BENTOFILE = "bentofile.yaml"
 IMAGE_REPOSITORY = "heimdall"
 ENGINES = ("docker", "podman")
-_console = Console(stderr=True)
 
 
 class ReleaseError(Exception):
@@ -69,13 +66,6 @@ class Release:
         return f"bentoml containerize {self.bento_tag} --image-tag {IMAGE_REPOSITORY}:{version}"
 
 
-@contextmanager
-def _step(text: str) -> Iterator[None]:
-    with _console.status(escape(f"{text}...")):
-        yield
-    _console.print(f"[green]✓[/] {escape(text)}", soft_wrap=True, highlight=False)
-
-
 def pinned_dependencies(pyproject: Path) -> list[str]:
     """`[project].dependencies` of `pyproject`, refusing any that is not pinned with `==`."""
     try:
@@ -88,29 +78,29 @@ def pinned_dependencies(pyproject: Path) -> list[str]:
     return list(deps)
 
 
-def load_build_config(project_dir: Path) -> BentoBuildConfig:
+def load_build_config(project_dir: Path) -> internals.BuildConfig:
     """bentofile.yaml of `project_dir`, parsed and validated by BentoML."""
     path = Path(project_dir) / BENTOFILE
     if not path.is_file():
         raise ReleaseError(f"{path}: not found (run from the project checkout or pass --project-dir)")
-    return BentoBuildConfig.from_file(str(path))
+    return internals.load_build_config(str(path))
 
 
-def bundled_files(project_dir: Path, config: BentoBuildConfig) -> list[str]:
+def bundled_files(project_dir: Path, config: internals.BuildConfig) -> list[str]:
     """Paths (relative, '/'-separated, sorted) the build copies into the Bento, by the same rules."""
     root = Path(project_dir).resolve()
-    spec = BentoPathSpec(config.include or ["*"], config.exclude or [], str(root))
+    includes = internals.included_by(config, str(root))
     found = []
     for dirpath, _, files in os.walk(root):
         rel_dir = os.path.relpath(dirpath, root)
         for name in files:
             rel = os.path.join(rel_dir, name).replace(os.sep, "/")
-            if spec.includes(rel):
+            if includes(rel):
                 found.append(rel.removeprefix("./"))
     return sorted(found)
 
 
-def content_digest(project_dir: Path, config: BentoBuildConfig, deps: list[str], model_tag: str) -> str:
+def content_digest(project_dir: Path, config: internals.BuildConfig, deps: list[str], model_tag: str) -> str:
     """blake2b hex digest of the bundled sources, bentofile.yaml, the pins and the model tag."""
     root = Path(project_dir)
     h = hashlib.blake2b(digest_size=16)
@@ -163,17 +153,16 @@ def build_bento(model: bentoml.Model, project_dir: Path = PROJECT_DIR) -> tuple[
         return bentoml.bentos.get(tag), True
     except NotFound:
         pass
-    config = attr.evolve(
-        config,
-        labels={**config.labels, **labels},
-        python=attr.evolve(config.python, packages=[*(config.python.packages or []), *deps]),
-        # The image resolves exactly this model, whatever else a store might hold.
-        envs=[*config.envs, BentoEnvSchema(name="HEIMDALL_MODEL_TAG", value=model_tag)],
-    )
     # service.py reads HEIMDALL_MODEL_TAG when imported; reload it so the build references this model.
-    with _env("HEIMDALL_MODEL_TAG", model_tag), _step(f"Building Bento {tag}"):
-        Bento.create(build_config=config, version=tag.version, build_ctx=str(project_dir), reload=True).save(
-            BentoMLContainer.bento_store.get()
+    with _env("HEIMDALL_MODEL_TAG", model_tag), step(f"Building Bento {tag}"):
+        internals.build_and_save(
+            config,
+            version=tag.version,
+            build_ctx=str(project_dir),
+            labels=labels,
+            packages=deps,
+            # The image resolves exactly this model, whatever else a store might hold.
+            envs={"HEIMDALL_MODEL_TAG": model_tag},
         )
     return bentoml.bentos.get(tag), False
 
@@ -206,7 +195,7 @@ def containerize(bento_tag: str, engine: str) -> str:
         "--image-tag",
         image,
     ]
-    _console.print(f"[bold]$ {escape(' '.join(command[2:]))}[/]", highlight=False)
+    console.print(f"[bold]$ {escape(' '.join(command[2:]))}[/]", highlight=False)
     if subprocess.run(command).returncode != 0:
         raise ReleaseError(f"bentoml containerize {bento_tag} with {engine} failed (output above)")
     return image
@@ -219,12 +208,12 @@ def release(
     image: bool = True,
 ) -> Release:
     """Import `uri` from MLflow, build its Bento and, if `image` and an engine runs, containerize it."""
-    from heimdall.registry import import_model
+    from heimdall.lifecycle.registry import import_model
 
     model = import_model(uri, tracking_uri=tracking_uri)
     bento, reused = build_bento(model, project_dir)
     if reused:
-        _console.print(f"[green]✓[/] Bento {bento.tag} already built from these inputs", highlight=False)
+        console.print(f"[green]✓[/] Bento {bento.tag} already built from these inputs", highlight=False)
     engine = container_engine() if image else None
     built_image = containerize(str(bento.tag), engine) if engine else None
     return Release(str(bento.tag), str(model.tag), dict(bento.info.labels), reused, built_image, engine)

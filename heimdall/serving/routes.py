@@ -14,11 +14,11 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from heimdall.errors import InputError
-from heimdall.schemas import ConfidenceLevel, Encoding
+from heimdall.serving.errors import InputError
+from heimdall.serving.schemas import ConfidenceLevel, Encoding
 
 if TYPE_CHECKING:
-    from heimdall.localizer import Localizer
+    from heimdall.serving.pipeline import Pipeline
 
 _level = TypeAdapter(ConfidenceLevel)
 _encoding = TypeAdapter(Encoding)
@@ -60,11 +60,11 @@ def refusals_as_400(api: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitab
     return wrapper
 
 
-def ops_app(localizer: Callable[[], Localizer]) -> Starlette:
-    """Routes mounted under /v1. `localizer` returns the worker's live Localizer."""
+def ops_app(pipeline: Callable[[], Pipeline]) -> Starlette:
+    """Routes mounted under /v1. `pipeline` returns the worker's live Pipeline."""
 
     async def model_info(_: Request) -> JSONResponse:
-        return JSONResponse({**localizer().info(), "worker_pid": os.getpid()})
+        return JSONResponse({**pipeline().info(), "worker_pid": os.getpid()})
 
     async def predict_octets(request: Request) -> JSONResponse:
         try:
@@ -72,7 +72,7 @@ def ops_app(localizer: Callable[[], Localizer]) -> Starlette:
             encoding = _query(request, "encoding", _encoding, "int16", "int16 or complex64")
             level = _query(request, "confidence_level", _level, 0.95, "a number strictly between 0 and 1")
             use_cache = _query(request, "use_cache", _flag, True, "true or false")
-            prediction = await localizer().predict_octets(
+            prediction = await pipeline().predict_octets(
                 await request.body(), stations, encoding, level, use_cache
             )
         except InputError as exc:

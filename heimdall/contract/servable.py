@@ -12,8 +12,11 @@ import onnx
 from google.protobuf.message import DecodeError
 from pydantic import ValidationError
 
-from heimdall.contract import SUPPORTED_CONTRACT_VERSIONS, Contract
-from heimdall.errors import ModelNotServable
+from heimdall.contract.document import SUPPORTED_CONTRACT_VERSIONS, Contract
+
+
+class ModelNotServable(Exception):
+    """A model or contract this code cannot serve (wrong contract version, shapes or outputs)."""
 
 
 def read_contract(path: Path) -> Contract:

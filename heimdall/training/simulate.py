@@ -39,8 +39,9 @@ from pathlib import Path
 
 import numpy as np
 
-from heimdall.contract import INT16_FULL_SCALE, Contract
-from heimdall.geo import enu_to_geodetic, geodetic_to_enu
+from heimdall.contract.document import Contract
+from heimdall.contract.features import INT16_FULL_SCALE
+from heimdall.contract.geo import enu_to_geodetic, geodetic_to_enu
 
 FREQ_MHZ = 145.0
 D0_M = 1_000.0

@@ -31,8 +31,9 @@ import numpy as np
 import pybase64
 from blake3 import blake3
 
-from heimdall.contract import INT16_FULL_SCALE, Contract
-from heimdall.errors import InputError
+from heimdall.contract.document import Contract
+from heimdall.contract.features import INT16_FULL_SCALE
+from heimdall.serving.errors import InputError
 
 # Bytes per complex sample on the wire, by encoding.
 ENCODINGS: dict[str, int] = {"int16": 4, "complex64": 8}

@@ -19,8 +19,7 @@ import shutil
 import tempfile
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import wraps
 from importlib.metadata import version as package_version
@@ -39,18 +38,16 @@ from mlflow.exceptions import MlflowException
 from mlflow.models import Model as MlflowModel
 from mlflow.models import ModelSignature
 from mlflow.types import Schema, TensorSpec
-from rich.console import Console
-from rich.markup import escape
 
-from heimdall.contract import Contract
-from heimdall.servable import load_servable
+from heimdall.contract.document import Contract
+from heimdall.contract.servable import load_servable
+from heimdall.lifecycle.progress import step
 
 DEFAULT_NAME = "heimdall-localizer"
 DEFAULT_ALIAS = "production"
 EXPERIMENT = "heimdall"
 MODEL_FILE, CONTRACT_FILE = "model.onnx", "contract.json"
 _MODEL_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[\w-]+)|/(?P<version>\d+))$")
-_console = Console(stderr=True)
 P = ParamSpec("P")
 R = TypeVar("R")
 
@@ -98,13 +95,6 @@ def public_uri(uri: str) -> str:
     if "@" not in parts.netloc and not parts.query and not parts.fragment:
         return uri  # also keeps sqlite:////abs/path intact, which urlunsplit would shorten
     return urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2], query="", fragment=""))
-
-
-@contextmanager
-def _step(text: str) -> Iterator[None]:
-    with _console.status(escape(f"{text}...")):
-        yield
-    _console.print(f"[green]✓[/] {escape(text)}", soft_wrap=True, highlight=False)
 
 
 def _client(uri: str) -> MlflowClient:
@@ -175,7 +165,7 @@ def register(
         if contract.accuracy:
             figures = contract.accuracy.model_dump().items()
             mlflow.log_metrics({k: v for k, v in figures if not isinstance(v, str)})
-        with _step(f"Logging {model_dir / MODEL_FILE} to {public_uri(uri)}"):
+        with step(f"Logging {model_dir / MODEL_FILE} to {public_uri(uri)}"):
             info = mlflow.onnx.log_model(
                 model,
                 name="model",
@@ -188,7 +178,7 @@ def register(
                 ],
                 save_as_external_data=False,  # one self-contained model.onnx
             )
-    with _step(f"Registering {name}"):
+    with step(f"Registering {name}"):
         mv = mlflow.register_model(info.model_uri, name, tags=tags)
         client.set_registered_model_alias(name, alias, mv.version)
     return Registered(name, str(mv.version), run.info.run_id, alias, reused=False)
@@ -203,7 +193,7 @@ def _bento_name(name: str) -> str:
 
 def _download(name: str, version: str, tracking: str, dst: Path) -> tuple[Path, Path]:
     """Download a registry version; return the paths of its ONNX graph and its contract document."""
-    with _step(f"Downloading {name} version {version}"):
+    with step(f"Downloading {name} version {version}"):
         local = Path(
             mlflow.artifacts.download_artifacts(
                 f"models:/{name}/{version}", dst_path=str(dst), tracking_uri=tracking, registry_uri=tracking
@@ -261,7 +251,7 @@ def import_model(uri: str, tracking_uri: str | None = None) -> bentoml.Model:
         if contract.accuracy:
             metadata["accuracy"] = contract.accuracy.model_dump()
         with (
-            _step(f"Importing into the BentoML model store as {tag}"),
+            step(f"Importing into the BentoML model store as {tag}"),
             bentoml.models.create(tag, labels=labels, metadata=metadata) as stored,
         ):
             shutil.copyfile(model_path, stored.path_of(MODEL_FILE))

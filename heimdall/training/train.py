@@ -31,18 +31,19 @@ import torch
 from rich.progress import Progress
 from torch import nn
 
-from heimdall.contract import Contract, FeatureExtractor
-from heimdall.evaluate import evaluate as evaluate_model
-from heimdall.evaluate import mahalanobis_sq, open_session, predict, scene_features
-from heimdall.geo import chi2_2d_scale
-from heimdall.simulate import simulate_scenes
+from heimdall.contract.document import Contract
+from heimdall.contract.features import FeatureExtractor
+from heimdall.contract.geo import chi2_2d_scale
+from heimdall.training.evaluate import evaluate as evaluate_model
+from heimdall.training.evaluate import mahalanobis_sq, open_session, predict, scene_features
+from heimdall.training.simulate import simulate_scenes
 
 POSITION_SCALE_M = 100_000.0  # network outputs are in units of 100 km
 _SIM_CHUNK = 1_000
 _BATCH = 256
 
 
-class Localizer(nn.Module):
+class LocalizerNet(nn.Module):
     def __init__(self, contract: Contract, embed: int = 32, hidden: int = 128) -> None:
         super().__init__()
         receivers, mels, _ = contract.input_shape
@@ -171,7 +172,7 @@ def train(
         ):
             raise RuntimeError("normalized training features differ from FeatureExtractor's")
 
-        model = Localizer(contract)
+        model = LocalizerNet(contract)
         model = _fit(model, contract, (x_train, y_train), (x_val, y_val), seed, epochs, bar)
     model.eval()
     with torch.no_grad():
@@ -197,8 +198,8 @@ def _raw_normalized(raw: FeatureExtractor, scenes, spec) -> np.ndarray:
 
 
 def _fit(
-    model: Localizer, contract: Contract, train_set, val_set, seed: int, epochs: int, bar: Progress
-) -> Localizer:
+    model: LocalizerNet, contract: Contract, train_set, val_set, seed: int, epochs: int, bar: Progress
+) -> LocalizerNet:
     """AdamW with a one-cycle schedule; keeps the weights with the best validation NLL."""
     x, y = torch.from_numpy(train_set[0]), torch.from_numpy(train_set[1]).float()
     xv, yv = torch.from_numpy(val_set[0]), torch.from_numpy(val_set[1]).float()
@@ -231,7 +232,7 @@ def _fit(
     return model
 
 
-def _export(model: Localizer, contract: Contract, path: Path, sample: np.ndarray) -> None:
+def _export(model: LocalizerNet, contract: Contract, path: Path, sample: np.ndarray) -> None:
     """ONNX export (opset 17, dynamic batch), checked against torch and timed on one capture set."""
     io = contract.io
     torch.onnx.export(

@@ -13,7 +13,7 @@ from typing import Literal
 
 import numpy as np
 
-from heimdall.simulate import Scenes, simulate_scenes
+from heimdall.training.simulate import Scenes, simulate_scenes
 
 EXAMPLE_SEED = 20261126
 

@@ -8,7 +8,7 @@ from typing import NamedTuple
 import numpy as np
 import onnxruntime as ort
 
-from heimdall.contract import Contract
+from heimdall.contract.document import Contract
 
 
 class ModelOutput(NamedTuple):
@@ -21,7 +21,7 @@ class ModelOutput(NamedTuple):
     rho: float
 
 
-class OnnxLocalizer:
+class OnnxModel:
     """Runs the contract's graph on a batch of feature tensors."""
 
     def __init__(self, model_path: Path, contract: Contract, threads: int = 1) -> None:

@@ -15,11 +15,12 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from heimdall.baseline import NAME as BASELINE_NAME
-from heimdall.baseline import RssiMultilateration, received_power_dbm
-from heimdall.contract import Accuracy, Contract, FeatureExtractor, iq_from_int16
-from heimdall.geo import chi2_2d_scale, ellipse
-from heimdall.simulate import Scenes, simulate_scenes, station_enu
+from heimdall.contract.document import Accuracy, Contract
+from heimdall.contract.features import FeatureExtractor, iq_from_int16
+from heimdall.contract.geo import chi2_2d_scale, ellipse
+from heimdall.training.baseline import NAME as BASELINE_NAME
+from heimdall.training.baseline import RssiMultilateration, received_power_dbm
+from heimdall.training.simulate import Scenes, simulate_scenes, station_enu
 
 EVAL_SEED = 20_251_126
 _FEATURE_CHUNK = (

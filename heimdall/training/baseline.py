@@ -23,8 +23,15 @@ from __future__ import annotations
 
 import numpy as np
 
-from heimdall.contract import Contract, iq_from_int16
-from heimdall.simulate import FULL_SCALE_DBM, coverage_area, path_loss_db, station_enu, thermal_noise_dbm
+from heimdall.contract.document import Contract
+from heimdall.contract.features import iq_from_int16
+from heimdall.training.simulate import (
+    FULL_SCALE_DBM,
+    coverage_area,
+    path_loss_db,
+    station_enu,
+    thermal_noise_dbm,
+)
 
 NAME = "RSSI least-squares multilateration, unknown tx power, known path-loss law (2 km + 200 m grid)"
 _NOISE_FLOOR_FRACTION = 0.1  # the weakest signal power kept: 10 dB below the noise, avoids log(<= 0)

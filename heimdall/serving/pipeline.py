@@ -11,15 +11,15 @@ from typing import Any
 
 import numpy as np
 
-from heimdall.cache import PredictionCache
-from heimdall.contract import Contract
-from heimdall.decode import CaptureSet, decode_captures, decode_octets
-from heimdall.errors import InputError
-from heimdall.inference import ModelOutput
-from heimdall.metrics import Metrics
-from heimdall.postprocess import describe
-from heimdall.schemas import BatchItem, BatchPrediction, Capture, CaptureSetIn, ItemError, Prediction
-from heimdall.settings import Settings
+from heimdall.contract.document import Contract
+from heimdall.serving.cache import PredictionCache
+from heimdall.serving.decode import CaptureSet, decode_captures, decode_octets
+from heimdall.serving.errors import InputError
+from heimdall.serving.inference import ModelOutput
+from heimdall.serving.metrics import Metrics
+from heimdall.serving.postprocess import describe
+from heimdall.serving.schemas import BatchItem, BatchPrediction, Capture, CaptureSetIn, ItemError, Prediction
+from heimdall.serving.settings import Settings
 
 # One capture set (station id -> complex64 IQ) to its (5,) model output row; preprocesses off the loop.
 Infer = Callable[[Mapping[str, np.ndarray]], Awaitable[np.ndarray]]
@@ -36,7 +36,7 @@ class ServedModel:
     load_seconds: float = 0.0
 
 
-class Localizer:
+class Pipeline:
     """Answers capture sets with positions; `infer` runs preprocessing and the model."""
 
     def __init__(self, model: ServedModel, settings: Settings, metrics: Metrics, infer: Infer) -> None:

@@ -1,0 +1,1 @@
+"""The model contract and the features it fixes: shared by training and serving, shipped in the Bento."""

@@ -1,0 +1,91 @@
+"""Every use of BentoML's private API, in one module, checked against one BentoML version.
+
+The service and the release code reach past BentoML's public API in a few places:
+
+- the adaptive batcher of a batchable API, called in-process (`batch_caller`);
+- the serde an @api input spec is read with (`is_json_serde`);
+- the Bento build: bentofile parsing, its include/exclude rules and `Bento.create`
+  with packages, labels and environment added (`load_build_config`, `included_by`,
+  `build_and_save`).
+
+None of these is promised across releases, so importing this module refuses any BentoML
+but `CHECKED_VERSION`. To upgrade: pin the new version in pyproject.toml, set
+`CHECKED_VERSION` to it and run `make test`; the service, batching and release tests
+exercise every function here through a real `bentoml serve` and a real build.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import attr
+import bentoml
+from _bentoml_impl.serde import JSONSerde
+from bentoml._internal.bento import Bento
+from bentoml._internal.bento.build_config import BentoBuildConfig, BentoEnvSchema, BentoPathSpec
+from bentoml._internal.configuration.containers import BentoMLContainer
+
+CHECKED_VERSION = "1.4.40"
+BuildConfig = BentoBuildConfig
+
+if bentoml.__version__ != CHECKED_VERSION:
+    raise RuntimeError(
+        f"heimdall/serving/bentoml_internals.py was checked against BentoML {CHECKED_VERSION}, "
+        f"found {bentoml.__version__}: see its docstring for how to check an upgrade"
+    )
+
+
+def batch_caller(service: object, api: str, argument: str) -> Callable[[Any], Awaitable[Any]]:
+    """`await call(value)`: `api(argument=value)` through its adaptive batcher in this worker.
+
+    The batcher (a `CorkDispatcher` per batchable API, with its `max_batch_size`,
+    `max_latency_ms` budget and `adaptive_batch_size` histogram) sits behind
+    `ServiceAppFactory.batch_infer`, which the API's HTTP route calls with the parsed
+    arguments; this calls it the same way. `service` is the running service instance.
+    Call this from a request, not from `__init__`: BentoML attaches the worker's app
+    after the instance is built.
+    """
+    try:
+        app = service.__self_proxy__._async.app  # type: ignore[attr-defined]
+        route = next(r for r in app.routes if getattr(r, "name", None) == api)
+        factory = route.endpoint.func.__self__  # functools.partial(factory.api_endpoint_wrapper, api)
+        batch_infer = factory.batch_infer
+    except (AttributeError, StopIteration) as exc:
+        raise RuntimeError(f"BentoML {bentoml.__version__}: no batcher for {api!r} where expected") from exc
+    return lambda value: batch_infer(api, (), {argument: value})
+
+
+def is_json_serde(serde: object) -> bool:
+    """Whether an input spec is being read from a JSON body (not multipart, not pickle)."""
+    return isinstance(serde, JSONSerde)
+
+
+def load_build_config(path: str) -> BuildConfig:
+    """A bentofile.yaml, parsed and validated by BentoML."""
+    return BentoBuildConfig.from_file(path)
+
+
+def included_by(config: BuildConfig, root: str) -> Callable[[str], bool]:
+    """Whether a path (relative to `root`, '/'-separated) goes into the Bento, by the build's own rules."""
+    return BentoPathSpec(config.include or ["*"], config.exclude or [], root).includes
+
+
+def build_and_save(
+    config: BuildConfig,
+    *,
+    version: str,
+    build_ctx: str,
+    labels: dict[str, str],
+    packages: list[str],
+    envs: dict[str, str],
+) -> None:
+    """Build a Bento from `config` with labels, Python packages and environment added; store it."""
+    config = attr.evolve(
+        config,
+        labels={**config.labels, **labels},
+        python=attr.evolve(config.python, packages=[*(config.python.packages or []), *packages]),
+        envs=[*config.envs, *(BentoEnvSchema(name=k, value=v) for k, v in envs.items())],
+    )
+    bento = Bento.create(build_config=config, version=version, build_ctx=build_ctx, reload=True)
+    bento.save(BentoMLContainer.bento_store.get())
