@@ -216,7 +216,11 @@ def test_cli_errors_are_one_line_without_traceback(models: dict[str, Path], tmp_
     }
     for case, argv in cases.items():
         done = subprocess.run(
-            [sys.executable, "-m", "heimdall.lifecycle.cli", *argv], env=env, capture_output=True, text=True, timeout=60
+            [sys.executable, "-m", "heimdall.lifecycle.cli", *argv],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
         )
         assert done.returncode == 1, case
         assert len(done.stderr.strip().splitlines()) == 1 and "Traceback" not in done.stderr, done.stderr

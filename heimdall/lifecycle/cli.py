@@ -161,7 +161,9 @@ def _expected(exc: Exception) -> bool:
     """Failures a user can act on from a one-line message, as opposed to bugs (which keep their traceback)."""
     from heimdall.contract.servable import ModelNotServable
 
-    registry = sys.modules.get("heimdall.lifecycle.registry")  # imported only by the commands that need MLflow
+    registry = sys.modules.get(
+        "heimdall.lifecycle.registry"
+    )  # imported only by the commands that need MLflow
     release = sys.modules.get("heimdall.lifecycle.release")
     return (
         isinstance(exc, ModelNotServable | OSError)
