@@ -21,6 +21,7 @@ from heimdall.contract.stations import REFERENCE_LAT, REFERENCE_LON, STATIONS, S
 CONTRACT_VERSION = 1
 SUPPORTED_CONTRACT_VERSIONS = frozenset({1})
 
+
 class _Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
