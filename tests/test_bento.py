@@ -1,5 +1,6 @@
 """The release path for real: build the Bento from the imported model, read its Dockerfile,
-export it, import it into an empty BentoML home and serve it from there."""
+export it, import it into an empty BentoML home and serve it from there with an environment
+that has only the core pins, so the Bento's own src/ is what runs."""
 
 from __future__ import annotations
 
@@ -7,11 +8,11 @@ import json
 import os
 import subprocess
 import sys
-import tomllib
 import urllib.request
 from pathlib import Path
 
 import pytest
+from core_env import PINS, core_env
 from support import POSITION_TOLERANCE_DEG, free_port, stop_group, wait_until
 
 from heimdall.contract.document import Contract
@@ -22,7 +23,6 @@ from heimdall.serving.postprocess import describe
 from heimdall.training.examples import example_captures, request_body
 
 BENTOML = [sys.executable, "-m", "bentoml"]
-PINS = tomllib.loads((PROJECT_DIR / "pyproject.toml").read_text())["project"]["dependencies"]
 
 
 @pytest.fixture(scope="module")
@@ -117,18 +117,22 @@ def _ready(url: str) -> bool:
 
 @pytest.fixture(scope="module")
 def served_bento(bento, tmp_path_factory):
-    """The Bento exported, imported into an empty BentoML home and served from there: its URL."""
+    """The Bento exported, imported into an empty BentoML home and served from there by an
+    environment with only the core pins (not the project): its URL."""
     tmp = tmp_path_factory.mktemp("bento-serve")
     archive = tmp / "heimdall.bento"
     subprocess.run([*BENTOML, "export", str(bento.tag), str(archive)], check=True, capture_output=True)
+    core = core_env()
     env = {k: v for k, v in os.environ.items() if not k.startswith("HEIMDALL_")}
     env |= {"BENTOML_HOME": str(tmp / "empty-home"), "HEIMDALL_WORKERS": "1"}
-    subprocess.run([*BENTOML, "import", str(archive)], check=True, capture_output=True, env=env)
+    # From a directory without the sources, so only the Bento's copy can be served.
+    no_project = subprocess.run([core / "python", "-c", "import heimdall"], cwd=tmp, capture_output=True)
+    assert no_project.returncode != 0, "the core-pins environment must not have the project installed"
+    subprocess.run([core / "bentoml", "import", str(archive)], check=True, capture_output=True, env=env)
     port = free_port()
     log = (tmp / "serve.log").open("w")
-    # From a directory without the sources, so only the Bento's copy can be served.
     server = subprocess.Popen(
-        [*BENTOML, "serve", str(bento.tag), "--host", "127.0.0.1", "--port", str(port)],
+        [core / "bentoml", "serve", str(bento.tag), "--host", "127.0.0.1", "--port", str(port)],
         cwd=tmp,
         env=env,
         stdout=log,
