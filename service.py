@@ -16,9 +16,10 @@ from threadpoolctl import threadpool_limits
 from heimdall.contract.features import FeatureExtractor
 from heimdall.contract.servable import load_servable
 from heimdall.serving import json_body
-from heimdall.serving.admission import Admission
+from heimdall.serving.admission import Admission, Limits
 from heimdall.serving.batching import LoneRowBypass
-from heimdall.serving.bentoml_internals import batch_caller
+from heimdall.serving.bentoml_internals import batch_caller, bound_headers, serve_behind
+from heimdall.serving.header_limit import HeaderLimitedProtocol
 from heimdall.serving.inference import OnnxModel
 from heimdall.serving.metrics import Metrics
 from heimdall.serving.pipeline import Pipeline, ServedModel
@@ -156,9 +157,15 @@ class Heimdall:
         return self._locate(items).tolist()
 
 
-Heimdall.add_asgi_middleware(
-    Admission,
+def _rejected(reason: str) -> None:
+    _current().metrics.rejections.labels(reason).inc()
+
+
+limits = Limits(
     max_bytes=settings.max_body_bytes,
     max_in_flight=settings.max_in_flight,
-    on_reject=lambda reason: _current().metrics.rejections.labels(reason).inc(),
+    grace_s=settings.body_grace_s,
+    min_rate=settings.body_min_rate,
 )
+serve_behind(Heimdall, lambda app: Admission(app, limits, on_reject=_rejected))
+bound_headers(HeaderLimitedProtocol, settings.max_header_bytes, on_reject=_rejected)

@@ -4,6 +4,8 @@ The service and the release code reach past BentoML's public API in a few places
 
 - the adaptive batcher of a batchable API, called in-process (`batch_caller`);
 - the serde an @api input spec is read with (`is_json_serde`);
+- the ASGI app a worker serves, wrapped in an outermost layer (`serve_behind`), and the
+  HTTP protocol uvicorn serves it with (`bound_headers`, uvicorn's private API);
 - the Bento build: bentofile parsing, its include/exclude rules and `Bento.create`
   with packages, labels and environment added (`load_build_config`, `included_by`,
   `build_and_save`).
@@ -21,19 +23,58 @@ from typing import Any
 
 import attr
 import bentoml
+import uvicorn
+import uvicorn.config
 from _bentoml_impl.serde import JSONSerde
+from _bentoml_impl.server.app import ServiceAppFactory
 from bentoml._internal.bento import Bento
 from bentoml._internal.bento.build_config import BentoBuildConfig, BentoEnvSchema, BentoPathSpec
 from bentoml._internal.configuration.containers import BentoMLContainer
 
 CHECKED_VERSION = "1.4.40"
+CHECKED_UVICORN = "0.55.0"  # the version BentoML 1.4.40 resolves to; not pinned by us
 BuildConfig = BentoBuildConfig
 
-if bentoml.__version__ != CHECKED_VERSION:
-    raise RuntimeError(
-        f"heimdall/serving/bentoml_internals.py was checked against BentoML {CHECKED_VERSION}, "
-        f"found {bentoml.__version__}: see its docstring for how to check an upgrade"
-    )
+for _name, _found, _checked in (
+    ("BentoML", bentoml.__version__, CHECKED_VERSION),
+    ("uvicorn", uvicorn.__version__, CHECKED_UVICORN),
+):
+    if _found != _checked:
+        raise RuntimeError(
+            f"heimdall/serving/bentoml_internals.py was checked against {_name} {_checked}, "
+            f"found {_found}: see its docstring for how to check an upgrade"
+        )
+
+
+def serve_behind(service: object, front: Callable[[Any], Any]) -> None:
+    """Makes `front(app)` the outermost layer of the ASGI app BentoML builds for `service`.
+
+    BentoML's `add_asgi_middleware` places a middleware inside its own (OpenTelemetry,
+    metrics, access log, timeout, concurrency), which then run on requests it refuses.
+    A worker serves what `ServiceAppFactory()` returns (through `Service.to_asgi`); the
+    app the service calls itself through (its self proxy) is the one inside, unwrapped.
+    """
+    build = ServiceAppFactory.__call__
+    if getattr(build, "fronted", None) is not None:
+        build = build.fronted
+
+    def call(factory: ServiceAppFactory) -> Any:
+        app = build(factory)
+        return front(app) if factory.service is service else app
+
+    call.fronted = build  # type: ignore[attr-defined]
+    ServiceAppFactory.__call__ = call  # type: ignore[method-assign]
+
+
+def bound_headers(protocol: type, max_bytes: int, on_reject: Callable[[str], None]) -> None:
+    """Makes `protocol` (a `HeaderLimitedProtocol`) the HTTP protocol of the workers in this process.
+
+    BentoML's worker builds `uvicorn.Config` with the default `http="auto"`, which uvicorn
+    looks up in `uvicorn.config.HTTP_PROTOCOLS` when the server starts, after the service
+    module (and so this call) has been imported.
+    """
+    protocol.max_bytes, protocol.on_reject = max_bytes, staticmethod(on_reject)  # type: ignore[attr-defined]
+    uvicorn.config.HTTP_PROTOCOLS["auto"] = f"{protocol.__module__}:{protocol.__qualname__}"
 
 
 def batch_caller(service: object, api: str, argument: str) -> Callable[[Any], Awaitable[Any]]:

@@ -1,17 +1,33 @@
-"""Domain errors. Each names the field, the value received and what was expected.
+"""Domain errors and the one error body every refusal answers with.
 
-They subclass BentoML's exceptions so the framework answers them with their
-4xx status and message; `heimdall.serving.routes` maps them for the mounted routes.
+`InputError` subclasses BentoML's InvalidArgument so the framework answers it with its
+4xx status; `heimdall.serving.routes` and `heimdall.serving.admission` turn refusals into
+`error_body` responses.
 """
 
 from __future__ import annotations
 
+import json
+
 from bentoml.exceptions import InvalidArgument
 
 
-def _shown(value: object, limit: int = 80) -> str:
-    text = repr(value)
+def shown(value: object, limit: int = 80) -> str:
+    text = value if isinstance(value, str) else repr(value)
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def error_body(field: str, received: str, expected: str, reason: str) -> bytes:
+    """`{error, field, received, expected, reason}` as JSON: what every refusal answers with."""
+    return json.dumps(
+        {
+            "error": f"{field}: received {received}; expected {expected}",
+            "field": field,
+            "received": received,
+            "expected": expected,
+            "reason": reason,
+        }
+    ).encode()
 
 
 class InputError(InvalidArgument):
@@ -19,5 +35,5 @@ class InputError(InvalidArgument):
 
     def __init__(self, field: str, received: object, expected: str, reason: str) -> None:
         self.field, self.expected, self.reason = field, expected, reason
-        self.received = _shown(received)
+        self.received = shown(repr(received))
         super().__init__(f"{field}: received {self.received}; expected {expected}")

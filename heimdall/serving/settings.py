@@ -43,6 +43,17 @@ class Settings(BaseSettings):
         le=1024**3,
         description="largest request body, bytes, refused before parsing",
     )
+    max_header_bytes: int = Field(
+        32 * 1024, ge=1024, le=1024**2, description="largest request line and headers, bytes; beyond it, 431"
+    )
+    body_grace_s: float = Field(
+        5.0, gt=0, le=600, description="seconds a request body may take before its pace is checked"
+    )
+    body_min_rate: float = Field(
+        16384.0,
+        gt=0,
+        description="bytes a second a body must average once `body_grace_s` is up; slower ones get 408",
+    )
     max_in_flight: int = Field(
         32, ge=1, le=100_000, description="requests one worker works on at once; beyond it, 503 at once"
     )
