@@ -118,7 +118,7 @@ BROKEN = {
     "contract_version": (
         "contract.json",
         lambda contract: json.dumps({**contract, "contract_version": 99}).encode(),
-        "contract_version: expected one of [1], found 99",
+        "contract_version: expected one of [1, 2], found 99",
     ),
     "contract_disagrees_with_graph": (
         "contract.json",

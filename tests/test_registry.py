@@ -100,7 +100,7 @@ def test_register_then_import_by_alias(models: dict[str, Path], sqlite_uri: str,
     meta = model.info.metadata
     assert meta["registry_uri"] == f"models:/{name}/1"
     assert meta["tracking_uri"] == sqlite_uri
-    assert meta["contract_version"] == 1
+    assert meta["contract_version"] == contract.contract_version
     assert meta["accuracy"] == TINY_ACCURACY.model_dump()
 
     model_dir, loaded, info = load_bento_model(model.tag)
@@ -153,7 +153,7 @@ def test_importing_twice_gives_one_model(models: dict[str, Path], sqlite_uri: st
     ("problem", "message"),
     [
         ("input_shape", "input 'features' shape: expected (batch, 7, 32, 31), found (batch, 7, 16, 31)"),
-        ("contract_version", "contract_version: expected one of [1], found 99"),
+        ("contract_version", "contract_version: expected one of [1, 2], found 99"),
     ],
 )
 def test_incompatible_model_is_refused_and_nothing_is_stored(

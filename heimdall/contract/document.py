@@ -14,12 +14,14 @@ from functools import cached_property
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from heimdall.contract.stations import REFERENCE_LAT, REFERENCE_LON, STATIONS, Station
 
-CONTRACT_VERSION = 1
-SUPPORTED_CONTRACT_VERSIONS = frozenset({1})
+# 2 adds per-station gain offsets (Station.gain_offset_db); a version-1 document is a
+# version-2 one with every offset 0, and is still served.
+CONTRACT_VERSION = 2
+SUPPORTED_CONTRACT_VERSIONS = frozenset({1, 2})
 
 
 class _Frozen(BaseModel):
@@ -89,6 +91,14 @@ class Contract(_Frozen):
     io: ModelIO = ModelIO()
     accuracy: Accuracy | None = None
 
+    @model_validator(mode="after")
+    def _offsets_need_version_2(self) -> Contract:
+        if self.contract_version < 2 and (offset := [r.id for r in self.receivers if r.gain_offset_db]):
+            raise ValueError(
+                f"gain_offset_db of {offset} needs contract_version 2, found {self.contract_version}"
+            )
+        return self
+
     @property
     def input_shape(self) -> tuple[int, int, int]:
         """Per-item input shape (receivers, mel bins, frames); the batch axis is dynamic."""
@@ -101,6 +111,9 @@ class Contract(_Frozen):
     def fingerprint(self) -> str:
         """Digest of everything that changes the features or the meaning of the outputs."""
         payload = self.model_dump(mode="json", exclude={"accuracy"})
+        for receiver in payload["receivers"]:  # zero offsets left out: a version-1 contract keeps its digest
+            if not receiver["gain_offset_db"]:
+                del receiver["gain_offset_db"]
         canonical = json.dumps(payload, sort_keys=True, separators=(",", ":"))
         return hashlib.blake2b(canonical.encode(), digest_size=8).hexdigest()
 

@@ -5,7 +5,9 @@ folded onto |frequency| (a baseband emission may sit either side of the
 carrier), a librosa mel filterbank, power in dB full scale, then fixed
 normalization constants from training. No per-capture or per-receiver
 standardization: the relative power between receivers is most of the position
-information. A missing receiver is an all-zero channel, which the model was
+information. A station's declared gain offset (the contract's `gain_offset_db`)
+is subtracted from its power, so a measured calibration error is corrected
+without retraining. A missing receiver is an all-zero channel, which the model was
 trained to read as "not heard".
 """
 
@@ -31,6 +33,15 @@ class FeatureExtractor:
         self.contract = contract
         self.spec = contract.features
         self._index = {rid: i for i, rid in enumerate(contract.receiver_ids)}
+
+    @cached_property
+    def _gain_correction(self) -> np.ndarray | None:
+        """(receivers, 1, 1) float32 offsets in normalized units, subtracted from each station's
+        features; None when every offset is 0, so uncorrected features cost nothing extra."""
+        offsets = np.array([r.gain_offset_db for r in self.contract.receivers], dtype=np.float64)
+        if not offsets.any():
+            return None
+        return (offsets / self.spec.norm_scale_db).astype(np.float32)[:, None, None]
 
     @cached_property
     def _window(self) -> np.ndarray:
@@ -85,6 +96,8 @@ class FeatureExtractor:
         Returns float32 (N, receivers, n_mels, n_frames), unheard receivers zeroed.
         """
         features = np.ascontiguousarray(self.log_mel(iq))
+        if self._gain_correction is not None:
+            features -= self._gain_correction
         features[~heard] = 0.0
         return features
 
@@ -109,7 +122,10 @@ class FeatureExtractor:
                 by_length.setdefault(iq.shape[-1], []).append((row, self._index[rid], iq))
         for group in by_length.values():
             rows, receivers, iq = zip(*group, strict=True)
-            out[rows, receivers] = self.log_mel(np.stack(iq))
+            features = self.log_mel(np.stack(iq))
+            if self._gain_correction is not None:
+                features -= self._gain_correction[list(receivers)]
+            out[rows, receivers] = features
         return out
 
 

@@ -6,7 +6,7 @@ degrees (WGS84), altitude in metres above sea level.
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 
 class Station(BaseModel):
@@ -17,6 +17,12 @@ class Station(BaseModel):
     lat: float
     lon: float
     alt_m: float
+    gain_offset_db: float = Field(
+        0.0,
+        allow_inf_nan=False,
+        description="measured calibration error, dB: how much stronger than the calibrated gain this "
+        "station reports a signal; the feature extractor subtracts it (contract version 2)",
+    )
 
 
 STATIONS: tuple[Station, ...] = (
