@@ -6,7 +6,7 @@ MODEL  ?= models:/heimdall-localizer@production
 PORT   ?= 3000
 export BENTOML_DO_NOT_TRACK := true
 
-.PHONY: serve test lint model bench load build release clean
+.PHONY: serve test lint model bench load build release browser map-screenshot clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,17 @@ test: $(VENV)/.installed
 
 lint: $(VENV)/.installed
 	$(BIN)/ruff check .
+	$(BIN)/mypy
+
+# Debian's chromium and its chromedriver, for the map page's browser test (root; waits for apt's lock).
+browser:
+	command -v chromium >/dev/null && command -v chromedriver >/dev/null || { \
+	    apt-get -o DPkg::Lock::Timeout=600 update -qq && \
+	    DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y -qq chromium chromium-driver; }
+
+# Photographs the map page as its browser test leaves it: docs/map.png.
+map-screenshot: $(VENV)/.installed browser
+	MAP_SCREENSHOT=$(CURDIR)/docs/map.png $(BIN)/pytest tests/test_map_page.py -q
 
 bench: model
 	$(BIN)/python load/bench.py

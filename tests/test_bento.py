@@ -60,6 +60,8 @@ def test_bento_carries_only_the_service_code_and_the_pyproject_pins(bento):
     src = Path(bento.path) / "src"
     files = {p.relative_to(src).as_posix() for p in src.rglob("*") if p.is_file()}
     assert {"service.py", "heimdall/serving/pipeline.py", "heimdall/contract/document.py"} <= files
+    map_page = Path(__file__).resolve().parents[1] / "heimdall" / "serving" / "map"
+    assert {f"heimdall/serving/map/{p.name}" for p in map_page.iterdir()} <= files
     assert not any(
         f.startswith(("tests/", "load/", "heimdall/lifecycle/", "heimdall/training/", "heimdall/reference/"))
         for f in files

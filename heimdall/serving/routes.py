@@ -1,5 +1,5 @@
-"""HTTP pieces BentoML's @api routes do not cover: GET model info, an octet-stream
-predict route, and refusals as 400 responses."""
+"""HTTP pieces BentoML's @api routes do not cover: GET model info, the map page, an
+octet-stream predict route, and refusals as 400 responses."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from heimdall.serving.errors import InputError
+from heimdall.serving.map_page import map_routes
 from heimdall.serving.schemas import ConfidenceLevel, Encoding
 
 if TYPE_CHECKING:
@@ -83,5 +84,6 @@ def ops_app(pipeline: Callable[[], Pipeline]) -> Starlette:
         routes=[
             Route("/model", model_info, methods=["GET"]),
             Route("/predict/raw", predict_octets, methods=["POST"]),
+            *map_routes(lambda: pipeline().settings),
         ]
     )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from urllib.parse import urlsplit
+
 from bentoml.exceptions import BentoMLConfigException
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -62,12 +64,34 @@ class Settings(BaseSettings):
     confidence_radius_m: float = Field(
         10_000.0, gt=0, description="`confidence` is the probability the transmitter is within this radius"
     )
+    map_tile_url: str | None = Field(
+        None,
+        description="map page background tiles, https://host/{z}/{x}/{y}.png (Web Mercator); "
+        "unset = stations on a plain projected map, no request leaves the page",
+    )
+    map_tile_attribution: str = Field(
+        "", max_length=200, description="credit line shown under the map's tiles (e.g. © OpenStreetMap)"
+    )
 
     @field_validator("redis_url")
     @classmethod
     def _redis_scheme(cls, v: SecretStr | None) -> SecretStr | None:
         if v is not None and not v.get_secret_value().startswith(("redis://", "rediss://", "unix://")):
             raise ValueError("expected redis://host:port/db, rediss://host:port/db (TLS) or unix:///path")
+        return v
+
+    @field_validator("map_tile_url")
+    @classmethod
+    def _tile_template(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        parts = urlsplit(v)
+        placeholders = all(p in parts.path + parts.query for p in ("{z}", "{x}", "{y}"))
+        if parts.scheme not in ("http", "https") or not parts.netloc or not placeholders:
+            raise ValueError(
+                "expected an http(s) URL template with {z}, {x} and {y}, e.g. "
+                "https://tile.example.org/{z}/{x}/{y}.png"
+            )
         return v
 
     @field_validator("model_tag")
