@@ -63,6 +63,11 @@ def browser() -> Iterator[webdriver.Chrome]:
     driver.quit()
 
 
+def _expect_change(driver: webdriver.Chrome) -> None:
+    """Marks the status as stale before an action, so `_wait_for` cannot read the previous answer's."""
+    driver.execute_script("document.getElementById('status').dataset.state = 'stale'")
+
+
 def _wait_for(driver: webdriver.Chrome, state: str) -> None:
     WebDriverWait(driver, 60).until(
         lambda d: d.find_element(By.ID, "status").get_attribute("data-state") in (state, "error")
@@ -134,6 +139,7 @@ def test_page_draws_the_answer_it_was_given(serve, browser, tmp_path):
         assert browser.save_screenshot(os.environ["MAP_SCREENSHOT"])
 
     # Another confidence level: a new request, and an ellipse scaled by the 2-D chi-square ratio.
+    _expect_change(browser)
     Select(browser.find_element(By.ID, "level")).select_by_value("0.5")
     _wait_for(browser, "drawn")
     (half,) = _predict_answers(browser)
@@ -148,6 +154,7 @@ def test_page_draws_the_answer_it_was_given(serve, browser, tmp_path):
     captures = dict(list(scenes.capture_set(i).items())[:4])
     capture_file = tmp_path / "capture.json"
     capture_file.write_text(json.dumps(request_body(captures)))
+    _expect_change(browser)
     browser.find_element(By.ID, "capture-file").send_keys(str(capture_file))
     _wait_for(browser, "drawn")
     (theirs,) = _predict_answers(browser)
@@ -165,6 +172,7 @@ def test_page_draws_the_answer_it_was_given(serve, browser, tmp_path):
     # A file the service refuses: its one error format, shown on the page.
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({"captures": [{"station": "nowhere", "iq": "AAAA"}]}))
+    _expect_change(browser)
     browser.find_element(By.ID, "capture-file").send_keys(str(bad))
     _wait_for(browser, "error")
     assert "nowhere" in browser.find_element(By.ID, "status").text

@@ -238,6 +238,7 @@ async function locate() {
 }
 
 async function useFile(file) {
+  status(`Reading ${file.name}`, "reading");
   try {
     state.body = JSON.parse(await file.text());
   } catch (error) {
