@@ -69,6 +69,21 @@ class ModelIO(_Frozen):
     covariance_units: str = "sigma east (m), sigma north (m), correlation (-1..1)"
 
 
+class ConditionAccuracy(_Frozen):
+    """Held-out figures in one simulated condition (heimdall/training/conditions.py), kilometres."""
+
+    condition: str
+    scenes: int
+    median_error_km: float
+    p95_error_km: float
+    baseline_median_error_km: float
+    baseline_p95_error_km: float
+    oracle_median_error_km: float = Field(description="what received power allows: a Bayesian grid oracle")
+    oracle_p95_error_km: float
+    coverage_50: float
+    coverage_95: float
+
+
 class Accuracy(_Frozen):
     """Held-out evaluation figures measured when the model was trained."""
 
@@ -80,6 +95,9 @@ class Accuracy(_Frozen):
     baseline: str
     baseline_median_error_km: float
     baseline_p95_error_km: float
+    conditions: tuple[ConditionAccuracy, ...] = Field(
+        (), description="the same figures over a grid of conditions"
+    )
 
 
 class Contract(_Frozen):

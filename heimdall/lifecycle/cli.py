@@ -41,15 +41,45 @@ def _train(args: argparse.Namespace) -> None:
 
 def _evaluate(args: argparse.Namespace) -> None:
     from rich.console import Console
+    from rich.progress import Progress
     from rich.table import Table
 
+    from heimdall.training.conditions import CONDITIONS, evaluate_conditions, plot_reliability
     from heimdall.training.evaluate import evaluate
 
     result = evaluate(args.model, **_given(n_scenes=args.scenes, seed=args.seed, plot_path=args.plot))
-    figures = result.model_dump() if hasattr(result, "model_dump") else dict(result)
-    table = Table("figure", "value", title=f"{args.model}")
-    for key, value in figures.items():
+    table = Table("figure", "value", title=f"{args.model}, nominal held-out scenes")
+    for key, value in result.model_dump(exclude={"conditions"}).items():
         table.add_row(key, f"{value:.4g}" if isinstance(value, float) else str(value))
+    Console().print(table)
+    with Progress() as bar:
+        task = bar.add_task("conditions", total=len(CONDITIONS))
+        grid = evaluate_conditions(
+            args.model,
+            **_given(n_scenes=args.scenes),
+            advance=lambda name: bar.update(task, advance=1, description=f"done: {name}"),
+        )
+    if args.reliability_plot:
+        plot_reliability(args.reliability_plot, grid)
+    table = Table(
+        "condition",
+        "model median / p95 km",
+        "baseline median / p95 km",
+        "oracle median / p95 km",
+        "model / oracle median",
+        "inside 50% / 95%",
+        title=f"{args.model}, {grid[0].accuracy.scenes} held-out scenes per condition",
+    )
+    for r in grid:
+        a = r.accuracy
+        table.add_row(
+            a.condition,
+            f"{a.median_error_km:.1f} / {a.p95_error_km:.1f}",
+            f"{a.baseline_median_error_km:.1f} / {a.baseline_p95_error_km:.1f}",
+            f"{a.oracle_median_error_km:.1f} / {a.oracle_p95_error_km:.1f}",
+            f"{a.median_error_km / a.oracle_median_error_km:.3f}",
+            f"{a.coverage_50:.3f} / {a.coverage_95:.3f}",
+        )
     Console().print(table)
 
 
@@ -119,11 +149,16 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int)
     p.set_defaults(run=_train)
 
-    p = commands.add_parser("evaluate", help="measure a model on fresh simulated scenes")
+    p = commands.add_parser(
+        "evaluate", help="measure a model on fresh simulated scenes, nominal and over a grid of conditions"
+    )
     p.add_argument("--model", type=Path, required=True, help="directory with model.onnx and contract.json")
-    p.add_argument("--scenes", type=int)
-    p.add_argument("--seed", type=int)
+    p.add_argument("--scenes", type=int, help="held-out scenes, nominal and per condition (default 2000)")
+    p.add_argument("--seed", type=int, help="seed of the nominal scenes")
     p.add_argument("--plot", type=Path, help="write a PNG of errors and ellipses here")
+    p.add_argument(
+        "--reliability-plot", type=Path, help="write a PNG of ellipse coverage against level, per condition"
+    )
     p.set_defaults(run=_evaluate)
 
     p = commands.add_parser("register", help="log a model and its contract to MLflow and set an alias")

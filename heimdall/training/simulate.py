@@ -10,14 +10,19 @@ Physical model and its sources:
   plan), modulated by three audio tones of random level in 300-2700 Hz (the
   voice band), in 70% of scenes; a hand-keyed carrier (bursts of 40-150 ms
   period) in the rest. Tuned off the receiver centre by up to +-2 kHz.
-  Transmit power log-uniform over 1-50 W (30-47 dBm): unknown to the receivers.
+  Transmit power log-uniform (1-50 W, 30-47 dBm, in NOMINAL physics): unknown to the receivers.
 - Path loss: free space up to d0 = 1 km (Friis; ITU-R P.525-4:
   L = 32.45 + 20 log10 f_MHz + 20 log10 d_km, 75.7 dB at 1 km), then the
-  log-distance model L(d) = L(d0) + 10 n log10(d / d0) with n = 3 (Rappaport,
+  log-distance model L(d) = L(d0) + 10 n log10(d / d0) with n = 3 nominally (Rappaport,
   "Wireless Communications", 2nd ed., sec. 4.9.1 and table 4.2: n = 2.7-3.5
   for built-up areas; ITU-R P.1546-6 land curves for 100 MHz and low antennas
   fall off at a similar 30-40 dB per decade between 10 and 100 km).
-- Shadowing: log-normal, sigma 6 dB, independent per link (Rappaport sec. 4.9.2).
+- Shadowing: log-normal, sigma 6 dB nominally, independent per link (Rappaport sec. 4.9.2).
+- Receiver calibration error (none nominally): a gain error per receiver and
+  capture, dB, added to the received power.
+- `heimdall.training.physics` turns shadowing, exponent, power, calibration and
+  availability into distributions (WORLD, the training distribution) and says
+  where their ranges come from; NOMINAL is the values above.
 - Fast fading: Rician, K uniform in 0-10 dB, maximum Doppler 1-15 Hz (a walker
   to a car at 110 km/h at 145 MHz), the Clarke model as a sum of eight
   sinusoids (Rappaport sec. 5.7.1), unit mean power, flat over 12.5 kHz.
@@ -42,14 +47,13 @@ import numpy as np
 from heimdall.contract.document import Contract
 from heimdall.contract.features import INT16_FULL_SCALE
 from heimdall.contract.geo import enu_to_geodetic, geodetic_to_enu
+from heimdall.training.physics import NOMINAL, Physics
 
 FREQ_MHZ = 145.0
 D0_M = 1_000.0
-PATH_LOSS_EXPONENT = 3.0
-SHADOWING_DB = 6.0
+PATH_LOSS_EXPONENT = NOMINAL.path_loss_exponent[0]
 NOISE_FIGURE_DB = 6.0
 FULL_SCALE_DBM = -40.0
-TX_POWER_W = (1.0, 50.0)
 DEVIATION_HZ = 2_500.0
 MAX_OFFSET_HZ = 2_000.0
 FM_FRACTION = 0.7
@@ -69,11 +73,11 @@ def thermal_noise_dbm(bandwidth_hz: float, noise_figure_db: float = NOISE_FIGURE
     return 10.0 * math.log10(1.380649e-23 * 290.0 * bandwidth_hz * 1e3) + noise_figure_db
 
 
-def path_loss_db(distance_m: np.ndarray) -> np.ndarray:
-    """Median path loss at 145 MHz, dB: free space to 1 km, then exponent 3."""
+def path_loss_db(distance_m: np.ndarray, exponent: float | np.ndarray = PATH_LOSS_EXPONENT) -> np.ndarray:
+    """Median path loss at 145 MHz, dB: free space to 1 km, then `exponent` (broadcast against distance)."""
     d_km = np.maximum(distance_m, 10.0) / 1e3
     free_space = 32.45 + 20.0 * math.log10(FREQ_MHZ) + 20.0 * np.log10(np.minimum(d_km, D0_M / 1e3))
-    return free_space + 10.0 * PATH_LOSS_EXPONENT * np.log10(np.maximum(d_km, D0_M / 1e3))
+    return free_space + 10.0 * exponent * np.log10(np.maximum(d_km, D0_M / 1e3))
 
 
 def station_enu(contract: Contract) -> np.ndarray:
@@ -101,6 +105,7 @@ class Scenes:
     tx_north_m: np.ndarray  # float64 (N,), metres north of the reference point
     tx_power_dbm: np.ndarray  # float64 (N,)
     rx_power_dbm: np.ndarray  # float64 (N, receivers): local mean (path loss + shadowing, before fading)
+    gain_error_db: np.ndarray  # float64 (N, receivers): calibration error added to rx_power_dbm in the IQ
     receiver_ids: np.ndarray  # str (receivers,), the contract's order
 
     def __len__(self) -> int:
@@ -119,20 +124,37 @@ class Scenes:
             return cls(**{f.name: z[f.name] for f in fields(cls)})
 
 
-def simulate_scenes(n: int, seed: int, contract: Contract | None = None, samples: int = 4096) -> Scenes:
-    """Simulate `n` scenes deterministically from `seed` for the contract's receivers."""
+def simulate_scenes(
+    n: int, seed: int, contract: Contract | None = None, samples: int = 4096, physics: Physics = NOMINAL
+) -> Scenes:
+    """Simulate `n` scenes deterministically from `seed` for the contract's receivers.
+
+    One call is one deployment: its receivers' fixed calibration errors are drawn once.
+    """
     contract = contract or Contract()
     rng = np.random.default_rng(seed)
+    # The draws NOMINAL physics does not make come from their own stream, so the main one
+    # (and with it every nominal scene) is the same whatever `physics` says.
+    extra = np.random.default_rng([seed, 1])
     rx = station_enu(contract)
     tx = _place_transmitters(rng, n, contract)
     distance = np.linalg.norm(tx[:, None, :] - rx[None], axis=-1)
-    tx_dbm = 30.0 + 10.0 * np.log10(np.exp(rng.uniform(*np.log(TX_POWER_W), n)))
-    rx_dbm = tx_dbm[:, None] - path_loss_db(distance) + rng.normal(0.0, SHADOWING_DB, distance.shape)
+    tx_dbm = 30.0 + 10.0 * np.log10(np.exp(rng.uniform(*np.log(physics.tx_power_w), n)))
+    exponent = extra.uniform(*physics.path_loss_exponent, (n, 1))
+    shadowing = extra.uniform(*physics.shadowing_db, (n, 1))
+    rx_dbm = (
+        tx_dbm[:, None] - path_loss_db(distance, exponent) + rng.normal(0.0, 1.0, distance.shape) * shadowing
+    )
+    gain_error = extra.normal(0.0, physics.receiver_gain_sigma_db, len(rx)) + extra.normal(
+        0.0, physics.capture_gain_sigma_db, distance.shape
+    )
     heard = _availability(rng, n, len(rx), contract.min_receivers)
+    if physics.receivers_heard is not None:
+        heard = _exactly(extra, n, len(rx), physics.receivers_heard)
     iq = np.empty((n, len(rx), 2 * samples), dtype=np.int16)
     for start in range(0, n, _CHUNK):
         part = slice(start, min(start + _CHUNK, n))
-        iq[part] = _captures(rng, rx_dbm[part], samples, contract.features.sample_rate_hz)
+        iq[part] = _captures(rng, rx_dbm[part] + gain_error[part], samples, contract.features.sample_rate_hz)
     iq[~heard] = 0
     lat, lon = enu_to_geodetic(tx[:, 0], tx[:, 1], contract.reference.lat, contract.reference.lon)
     return Scenes(
@@ -144,6 +166,7 @@ def simulate_scenes(n: int, seed: int, contract: Contract | None = None, samples
         tx_north_m=tx[:, 1],
         tx_power_dbm=tx_dbm,
         rx_power_dbm=rx_dbm,
+        gain_error_db=gain_error,
         receiver_ids=np.array(contract.receiver_ids),
     )
 
@@ -166,6 +189,14 @@ def _availability(rng: np.random.Generator, n: int, receivers: int, keep: int) -
     heard = u >= rng.uniform(0.0, MAX_DOWN_PROBABILITY, (n, 1))
     luckiest = np.argsort(-u, axis=1)[:, :keep]
     np.put_along_axis(heard, luckiest, True, axis=1)
+    return heard
+
+
+def _exactly(rng: np.random.Generator, n: int, receivers: int, keep: int) -> np.ndarray:
+    """(n, receivers) bool: `keep` receivers heard per scene, chosen uniformly."""
+    chosen = np.argsort(rng.random((n, receivers)), axis=1)[:, :keep]
+    heard = np.zeros((n, receivers), dtype=bool)
+    np.put_along_axis(heard, chosen, True, axis=1)
     return heard
 
 

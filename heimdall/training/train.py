@@ -2,14 +2,17 @@
 
 torch is imported here only: serving and evaluation need onnxruntime alone.
 
-Pipeline: simulate training and validation scenes (seeds spawned from
+Pipeline: simulate training and validation scenes in WORLD physics (the
+distributions of `heimdall.training.physics`; each chunk of _SIM_CHUNK scenes is
+one deployment with its own receiver calibration errors; seeds spawned from
 `SeedSequence(seed)`, never the evaluation seed) -> features through the
 contract's FeatureExtractor, the serving recipe -> measure the normalization
 constants (mean and standard deviation of heard log-mel power, dBFS) on the
 training set -> train with a full-covariance Gaussian NLL and receiver-dropout
 augmentation -> scale the covariance on validation so ellipses are calibrated
 -> export ONNX (opset 17, dynamic batch), check onnxruntime against torch, time
-one capture set -> held-out evaluation -> model.onnx + contract.json.
+one capture set -> held-out evaluation, nominal and over the grid of conditions -> model.onnx,
+contract.json, evaluation.png and reliability.png.
 
 The network (55 k parameters). A receiver is present when its channel is
 not all zero. Per receiver, shared weights: the time-mean and time-max of each
@@ -34,8 +37,10 @@ from torch import nn
 from heimdall.contract.document import Contract
 from heimdall.contract.features import FeatureExtractor
 from heimdall.contract.geo import chi2_2d_scale
+from heimdall.training.conditions import evaluate_conditions, plot_reliability
 from heimdall.training.evaluate import evaluate as evaluate_model
 from heimdall.training.evaluate import mahalanobis_sq, open_session, predict, scene_features
+from heimdall.training.physics import WORLD, Physics
 from heimdall.training.simulate import simulate_scenes
 
 POSITION_SCALE_M = 100_000.0  # network outputs are in units of 100 km
@@ -100,25 +105,31 @@ def drop_receivers(x: torch.Tensor, gen: torch.Generator, min_receivers: int) ->
     return x * (~drop)[..., None, None]
 
 
-def _simulate(n: int, seeds: list[int], extractor: FeatureExtractor, progress: Progress, label: str):
-    """Features (raw dBFS: offset 0, scale 1), heard mask and true (east, north) of n scenes."""
+def _simulate(
+    n: int, seeds: list[int], extractor: FeatureExtractor, physics: Physics, progress: Progress, label: str
+):
+    """Raw features (natural log of mel power), heard mask and true (east, north) of n scenes."""
     features = np.empty((n, *extractor.contract.input_shape), dtype=np.float32)
     heard = np.empty((n, len(extractor.contract.receivers)), dtype=bool)
     truth = np.empty((n, 2))
     task = progress.add_task(f"simulating {label} scenes", total=n)
     for k, start in enumerate(range(0, n, _SIM_CHUNK)):
         part = slice(start, min(start + _SIM_CHUNK, n))
-        scenes = simulate_scenes(part.stop - start, seeds[k], extractor.contract)
+        scenes = simulate_scenes(part.stop - start, seeds[k], extractor.contract, physics=physics)
         features[part], heard[part] = scene_features(extractor, scenes), scenes.heard
         truth[part] = np.stack([scenes.tx_east_m, scenes.tx_north_m], axis=1)
         progress.advance(task, part.stop - start)
     return features, heard, truth
 
 
+_DB_PER_NEPER = 10.0 / np.log(10.0)  # 10 log10(x) = _DB_PER_NEPER * ln(x)
+
+
 def _normalize(features: np.ndarray, heard: np.ndarray, spec) -> None:
-    """In place: raw dBFS -> the contract's normalized features (same float32 arithmetic as log_mel)."""
-    features -= np.float32(spec.norm_offset_db)
-    features /= np.float32(spec.norm_scale_db)
+    """In place: raw ln(mel) -> the contract's normalized features, the very float32 operations of
+    `FeatureExtractor.log_mel`, so training sees bit for bit what serving computes."""
+    features *= np.float32(_DB_PER_NEPER / spec.norm_scale_db)
+    features -= np.float32(spec.norm_offset_db / spec.norm_scale_db)
     features[~heard] = 0.0
 
 
@@ -132,7 +143,12 @@ def _calibrate(d2: np.ndarray) -> float:
 
 
 def train(
-    out_dir: Path, seed: int = 0, n_train: int = 24_000, epochs: int = 20, progress: bool = True
+    out_dir: Path,
+    seed: int = 0,
+    n_train: int = 24_000,
+    epochs: int = 20,
+    progress: bool = True,
+    physics: Physics = WORLD,
 ) -> Contract:
     """Train, calibrate, export and evaluate the reference model into `out_dir`; returns its contract."""
     started = time.perf_counter()
@@ -146,23 +162,20 @@ def train(
         for s in np.random.SeedSequence(seed).spawn(2 * (n_train // _SIM_CHUNK + 2))
     ]
     base = Contract()
-    raw = FeatureExtractor(
-        base.model_copy(
-            update={
-                "features": base.features.model_copy(update={"norm_offset_db": 0.0, "norm_scale_db": 1.0})
-            }
-        )
-    )
+    # log_mel's normalization with offset 0 and scale _DB_PER_NEPER is the identity on ln(mel).
+    raw_spec = base.features.model_copy(update={"norm_offset_db": 0.0, "norm_scale_db": _DB_PER_NEPER})
+    raw = FeatureExtractor(base.model_copy(update={"features": raw_spec}))
     with Progress(disable=not progress) as bar:
-        x_train, h_train, y_train = _simulate(n_train, seeds[0::2], raw, bar, "training")
-        x_val, h_val, y_val = _simulate(n_val, seeds[1::2], raw, bar, "validation")
-        heard_db = x_train[h_train]
+        x_train, h_train, y_train = _simulate(n_train, seeds[0::2], raw, physics, bar, "training")
+        x_val, h_val, y_val = _simulate(n_val, seeds[1::2], raw, physics, bar, "validation")
+        heard_ln = x_train[h_train]
         spec = base.features.model_copy(
             update={
-                "norm_offset_db": round(float(heard_db.mean(dtype=np.float64)), 2),
-                "norm_scale_db": round(float(heard_db.std(dtype=np.float64)), 2),
+                "norm_offset_db": round(float(heard_ln.mean(dtype=np.float64) * _DB_PER_NEPER), 2),
+                "norm_scale_db": round(float(heard_ln.std(dtype=np.float64) * _DB_PER_NEPER), 2),
             }
         )
+        del heard_ln
         contract = base.model_copy(update={"features": spec})
         for x, h in ((x_train, h_train), (x_val, h_val)):
             _normalize(x, h, spec)
@@ -182,6 +195,9 @@ def train(
     _export(model, contract, out_dir / "model.onnx", x_val[:64])
     (out_dir / "contract.json").write_text(contract.to_json())
     accuracy = evaluate_model(out_dir, plot_path=out_dir / "evaluation.png")
+    grid = evaluate_conditions(out_dir, advance=lambda name: print(f"evaluated: {name}", flush=True))
+    plot_reliability(out_dir / "reliability.png", grid)
+    accuracy = accuracy.model_copy(update={"conditions": tuple(r.accuracy for r in grid)})
     contract = contract.model_copy(update={"accuracy": accuracy})
     (out_dir / "contract.json").write_text(contract.to_json() + "\n")
     print(
