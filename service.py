@@ -15,15 +15,15 @@ from threadpoolctl import threadpool_limits
 
 from heimdall.contract.features import FeatureExtractor
 from heimdall.contract.servable import load_servable
-from heimdall.serving import json_body
 from heimdall.serving.admission import Admission, Limits
 from heimdall.serving.batching import LoneRowBypass
 from heimdall.serving.bentoml_internals import batch_caller, bound_headers, serve_behind
+from heimdall.serving.direct import DirectRoutes
 from heimdall.serving.header_limit import HeaderLimitedProtocol
 from heimdall.serving.inference import OnnxModel
 from heimdall.serving.metrics import Metrics
 from heimdall.serving.pipeline import Pipeline, ServedModel
-from heimdall.serving.routes import ops_app, refusals_as_400
+from heimdall.serving.routes import ops_app
 from heimdall.serving.schemas import (
     BatchPrediction,
     Capture,
@@ -43,19 +43,9 @@ def _current() -> Heimdall:
 
 
 class InferRequest(bentoml.IODescriptor):
-    """`POST /infer`: capture sets straight to the model (no cache, no postprocessing).
-
-    Each item is decoded as soon as the request is read, so a bad item is refused with its
-    400 before it joins a batch where it would fail the rows of other requests.
-    """
+    """`POST /infer` as BentoML declares it (the front door serves it: `heimdall.serving.direct`)."""
 
     items: list[CaptureSetIn] = Field(min_length=1, max_length=settings.max_batch_size)
-
-    @classmethod
-    async def from_http_request(cls, request: Any, serde: Any) -> InferRequest:
-        body = await super().from_http_request(request, serde)
-        body.items = _current().pipeline.decode_rows(body.items)
-        return body
 
 
 @bentoml.service(
@@ -105,10 +95,14 @@ class Heimdall:
         gc.set_threshold(100_000, 20, 100)
         stop_listening_on_sigterm()
 
-    async def _infer_batched(self, iq: Mapping[str, np.ndarray]) -> np.ndarray:
+    async def infer_rows(self, rows: list[Mapping[str, np.ndarray]]) -> list[list[float]]:
+        """Decoded capture sets through the adaptive batcher of `infer`."""
         if self._batched_infer is None:
             self._batched_infer = batch_caller(self, "infer", "items")
-        return np.asarray((await self._batched_infer([iq]))[0])
+        return await self._batched_infer(rows)
+
+    async def _infer_batched(self, iq: Mapping[str, np.ndarray]) -> np.ndarray:
+        return np.asarray((await self.infer_rows([iq]))[0])
 
     async def _infer_direct(self, iq: Mapping[str, np.ndarray]) -> np.ndarray:
         return (await asyncio.to_thread(self._locate, [iq]))[0]
@@ -123,8 +117,9 @@ class Heimdall:
         self.metrics.inference_seconds.observe(time.perf_counter() - ready)
         return out
 
-    @json_body.api(route="/predict")
-    @refusals_as_400
+    # The front door answers these routes (`heimdall.serving.direct`); the declarations give
+    # the OpenAPI document and BentoML's Python client their shape.
+    @bentoml.api(route="/predict")
     async def predict(
         self,
         captures: list[Capture],
@@ -135,8 +130,7 @@ class Heimdall:
         """Locate the transmitter heard in one capture set."""
         return await self.pipeline.predict(captures, encoding, confidence_level, use_cache)
 
-    @json_body.api(route="/predict/batch")
-    @refusals_as_400
+    @bentoml.api(route="/predict/batch")
     async def predict_batch(
         self, items: list[CaptureSetIn], confidence_level: ConfidenceLevel = 0.95, use_cache: bool = True
     ) -> BatchPrediction:
@@ -153,12 +147,17 @@ class Heimdall:
         """The model's raw outputs [east m, north m, sigma east m, sigma north m, correlation]
         for each capture set, adaptive-batched. Items arrive decoded: this worker's requests
         hand their capture sets to the batcher in-process (`heimdall.serving.batching`), and
-        `InferRequest` decodes those posted here."""
+        the front door decodes those posted here before they join a batch."""
         return self._locate(items).tolist()
 
 
 def _rejected(reason: str) -> None:
-    _current().metrics.rejections.labels(reason).inc()
+    _current().pipeline.rejected(reason)
+
+
+def _front_door(app: Any) -> Admission:
+    routes = DirectRoutes(lambda: _current().pipeline, lambda rows: _current().infer_rows(rows), _rejected)
+    return Admission(app, limits, on_reject=_rejected, routes=routes.routes)
 
 
 limits = Limits(
@@ -167,5 +166,5 @@ limits = Limits(
     grace_s=settings.body_grace_s,
     min_rate=settings.body_min_rate,
 )
-serve_behind(Heimdall, lambda app: Admission(app, limits, on_reject=_rejected))
+serve_behind(Heimdall, _front_door)
 bound_headers(HeaderLimitedProtocol, settings.max_header_bytes, on_reject=_rejected)

@@ -111,3 +111,25 @@ def test_a_duplicate_content_type_gets_400_whichever_comes_first(serve):
         headers = [("content-type", t) for t in types]
         r = httpx.post(f"{serve.url}/predict", content=payload, headers=headers)
         assert r.status_code == 400 and _is_error_body(r.content, "duplicate_header")
+
+
+def test_bodies_are_refused_by_their_shape_with_one_error_body_and_one_log_line(serve):
+    amplifying = b'{"captures": [{"station": "torino", "iq": [' + b"[]," * (5 * 1024 * 1024) + b"[]]}]}"
+    r = httpx.post(f"{serve.url}/predict", content=amplifying, headers={"content-type": "application/json"})
+    assert r.status_code == 400 and _is_error_body(r.content, "ragged_iq")
+    assert r.json()["field"] == "captures[0].iq"
+    bad = [
+        ("/predict", b"{not json"),
+        ("/predict", b'{"captures": "x"}'),
+        ("/predict/batch", b'{"items": [{"captures": 1}]}'),
+        ("/infer", b'{"items": []}'),
+        ("/infer", b'{"items": [{"captures": [{"station": "atlantis", "iq": "AAAA"}]}]}'),
+    ]
+    for path, body in bad:
+        r = httpx.post(f"{serve.url}{path}", content=body, headers={"content-type": "application/json"})
+        assert r.status_code == 400 and set(r.json()) == ERROR_KEYS, (path, body, r.text)
+    text = httpx.post(f"{serve.url}/predict", content=b"{}", headers={"content-type": "text/plain"})
+    assert text.status_code == 415 and _is_error_body(text.content, "content_type")
+    log = serve.log.read_text()
+    assert "Traceback" not in log and " ERROR" not in log.replace("[ERROR]", " ERROR")
+    assert log.count("refused POST") == len(bad) + 2

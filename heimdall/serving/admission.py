@@ -40,10 +40,11 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from heimdall.serving.direct import Handler
 from heimdall.serving.errors import error_body
 
 REBALANCE_AT = 4  # requests in flight on this worker beyond which it sheds connections
@@ -70,8 +71,18 @@ class _Refused(Exception):
 
 
 class Admission:
-    def __init__(self, app: Any, limits: Limits, on_reject: Callable[[str], None] = lambda r: None) -> None:
+    """`app` behind admission; a POST to a path in `routes` is answered by its handler instead
+    (`heimdall.serving.direct`), with the body read here."""
+
+    def __init__(
+        self,
+        app: Any,
+        limits: Limits,
+        on_reject: Callable[[str], None] = lambda r: None,
+        routes: Mapping[str, Handler] | None = None,
+    ) -> None:
         self.app, self.limits, self.on_reject = app, limits, on_reject
+        self.routes = routes or {}
         self.in_flight = 0
         self._next_shed = 0.0
 
@@ -91,7 +102,11 @@ class Admission:
             return await self._refuse(send, refusal, keep_alive=True)
         self.in_flight += 1
         try:
-            await self.app(scope, _replay(body, receive), self._rebalancing(send))
+            handler = self.routes.get(scope["path"])
+            if handler is None:
+                return await self.app(scope, _replay(body, receive), self._rebalancing(send))
+            status, payload = await handler(scope, body)
+            await _respond(self._rebalancing(send), status, payload, [])
         finally:
             self.in_flight -= 1
 
@@ -154,13 +169,22 @@ class Admission:
     async def _refuse(self, send: Callable, refusal: _Refused, keep_alive: bool) -> None:
         self.on_reject(refusal.reason)
         payload = error_body(refusal.field, refusal.received, refusal.expected, refusal.reason)
-        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]
+        headers = []
         if not keep_alive:  # what is left of the body stays unread: this connection is done
             headers.append((b"connection", b"close"))
         if refusal.status == 503:
             headers.append((b"retry-after", b"1"))
-        await send({"type": "http.response.start", "status": refusal.status, "headers": headers})
-        await send({"type": "http.response.body", "body": payload})
+        await _respond(send, refusal.status, payload, headers)
+
+
+async def _respond(send: Callable, status: int, payload: bytes, headers: list) -> None:
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(payload)).encode()),
+        *headers,
+    ]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": payload})
 
 
 def _replay(body: bytes, receive: Callable) -> Callable:

@@ -8,12 +8,20 @@
 from __future__ import annotations
 
 import json
+import reprlib
 
 from bentoml.exceptions import InvalidArgument
 
+# A client's value as shown back: long containers and strings cut short before they are
+# rendered, so showing a 16 MiB list costs no more than showing a short one.
+_repr = reprlib.Repr()
+_repr.maxlist = _repr.maxtuple = _repr.maxdict = 4
+_repr.maxstring, _repr.maxlong, _repr.maxother = 60, 40, 60
+
 
 def shown(value: object, limit: int = 80) -> str:
-    text = value if isinstance(value, str) else repr(value)
+    """A value received, as the error body shows it: `repr`, bounded."""
+    text = _repr.repr(value)
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
@@ -35,5 +43,5 @@ class InputError(InvalidArgument):
 
     def __init__(self, field: str, received: object, expected: str, reason: str) -> None:
         self.field, self.expected, self.reason = field, expected, reason
-        self.received = shown(repr(received))
+        self.received = shown(received)
         super().__init__(f"{field}: received {self.received}; expected {expected}")

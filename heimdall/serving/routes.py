@@ -1,20 +1,20 @@
-"""HTTP pieces BentoML's @api routes do not cover: GET model info, the map page, an
-octet-stream predict route, and refusals as 400 responses."""
+"""Routes mounted under /v1 (BentoML's @api routes are POST with JSON bodies): GET model
+info, the map page and an octet-stream predict route."""
 
 from __future__ import annotations
 
-import functools
+import logging
 import os
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from pydantic import TypeAdapter, ValidationError
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from heimdall.serving.errors import InputError
+from heimdall.serving.errors import InputError, error_body
 from heimdall.serving.map_page import map_routes
 from heimdall.serving.schemas import ConfidenceLevel, Encoding
 
@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 _level = TypeAdapter(ConfidenceLevel)
 _encoding = TypeAdapter(Encoding)
 _flag = TypeAdapter(bool)
+log = logging.getLogger("heimdall.requests")
 
 
 def _query(request: Request, name: str, adapter: TypeAdapter, default: Any, expected: str) -> Any:
@@ -36,38 +37,19 @@ def _query(request: Request, name: str, adapter: TypeAdapter, default: Any, expe
         raise InputError(name, raw, expected, f"bad_{name}") from exc
 
 
-def error_response(exc: InputError) -> JSONResponse:
-    """The one place a refused input becomes HTTP: 400 with the field, the value and what was expected."""
-    body = {
-        "error": str(exc),
-        "field": exc.field,
-        "received": exc.received,
-        "expected": exc.expected,
-        "reason": exc.reason,
-    }
-    return JSONResponse(body, status_code=400)
-
-
-def refusals_as_400(api: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
-    """Wraps an async @bentoml.api method so an InputError answers with `error_response`."""
-
-    @functools.wraps(api)
-    async def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return await api(*args, **kwargs)
-        except InputError as exc:
-            return error_response(exc)
-
-    return wrapper
-
-
 def ops_app(pipeline: Callable[[], Pipeline]) -> Starlette:
     """Routes mounted under /v1. `pipeline` returns the worker's live Pipeline."""
+
+    def refused(request: Request, exc: InputError) -> Response:
+        pipeline().rejected(exc.reason)
+        log.warning("refused %s %s with 400: %s", request.method, request.url.path, exc)
+        body = error_body(exc.field, exc.received, exc.expected, exc.reason)
+        return Response(body, status_code=400, media_type="application/json")
 
     async def model_info(_: Request) -> JSONResponse:
         return JSONResponse({**pipeline().info(), "worker_pid": os.getpid()})
 
-    async def predict_octets(request: Request) -> JSONResponse:
+    async def predict_octets(request: Request) -> Response:
         try:
             stations = [s for s in request.query_params.get("stations", "").split(",") if s]
             encoding = _query(request, "encoding", _encoding, "int16", "int16 or complex64")
@@ -77,8 +59,8 @@ def ops_app(pipeline: Callable[[], Pipeline]) -> Starlette:
                 await request.body(), stations, encoding, level, use_cache
             )
         except InputError as exc:
-            return error_response(exc)
-        return JSONResponse(prediction.model_dump(mode="json"))
+            return refused(request, exc)
+        return Response(prediction.model_dump_json(), media_type="application/json")
 
     return Starlette(
         routes=[

@@ -88,3 +88,26 @@ class BatchPrediction(BaseModel):
     server_ms: float
     captures_per_second: float
     samples_per_second: float
+
+
+class PredictRequest(BaseModel):
+    """`POST /predict`."""
+
+    captures: list[Capture]
+    encoding: Encoding = Field("int16", description="how base64 `iq` strings are packed")
+    confidence_level: ConfidenceLevel = 0.95
+    use_cache: bool = True
+
+
+class BatchRequest(BaseModel):
+    """`POST /predict/batch`."""
+
+    items: list[CaptureSetIn]
+    confidence_level: ConfidenceLevel = 0.95
+    use_cache: bool = True
+
+
+class InferRequest(BaseModel):
+    """`POST /infer`."""
+
+    items: list[CaptureSetIn] = Field(min_length=1)
