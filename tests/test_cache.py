@@ -375,3 +375,39 @@ def test_rediss_url_talks_tls_with_a_password_and_never_shows_it(tmp_path, caplo
         assert "tls-s3cret" not in str(h.cache.stats())
     finally:
         server.stop()
+
+
+def test_a_redis_refusing_writes_out_of_memory_keeps_serving_hits(own, caplog):
+    caplog.set_level(logging.INFO, logger="heimdall.serving.cache")
+
+    async def scenario():
+        h = Harness(own.url)
+        client = redis.Redis.from_url(own.url)
+        warm = [capture(100 + i) for i in range(3)]
+        for c in warm:
+            await h.predict(c)
+            await settled(h, c, client)
+        # At maxmemory with noeviction, Redis answers every SET with an OOM error.
+        used = int(client.info("memory")["used_memory"])
+        client.config_set("maxmemory-policy", "noeviction")
+        client.config_set("maxmemory", used // 2)
+        fresh = [capture(200 + i) for i in range(5)]
+        for c in fresh:
+            assert (await h.predict(c)).hit is False
+        for _ in range(100):  # the writes run in the background
+            if h.registry.get_sample_value("heimdall_cache_write_refusals_total") == len(fresh):
+                break
+            await asyncio.sleep(0.01)
+        assert h.registry.get_sample_value("heimdall_cache_write_refusals_total") == len(fresh)
+        for c in warm:  # reads still served from Redis: the circuit stays closed
+            assert (await h.predict(c)).hit
+        assert h.up() == 1 and h.count("error") == 0 and h.cache.stats()["up"] is True
+        refusals = [r for r in caplog.records if "refuses writes" in r.getMessage()]
+        assert len(refusals) == 1 and own.password not in caplog.text
+        client.config_set("maxmemory", 0)
+        await h.predict(capture(300))
+        await h.cache.close()  # lets the pending write finish
+        assert "takes writes again" in caplog.text
+        client.close()
+
+    asyncio.run(scenario())

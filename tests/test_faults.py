@@ -88,8 +88,13 @@ def test_unknown_model_tag_stops_serve_at_once(tmp_path):
             "invalid settings: HEIMDALL_REDIS_URL: expected redis://host:port/db, "
             "rediss://host:port/db (TLS) or unix:///path",
         ),
+        (
+            "HEIMDALL_REDIS_URL",
+            "redis://:s3cret/x#y?z@127.0.0.1:6379/0",
+            "percent-encoded ('/' as %2F, '#' as %23, '?' as %3F",
+        ),
     ],
-    ids=["max_batch_size", "redis_url"],
+    ids=["max_batch_size", "redis_url", "redis_url_reserved_characters"],
 )
 def test_bad_setting_stops_serve_with_one_line(reference_tag, tmp_path, variable, value, message):
     serve = Serve(reference_tag, tmp_path / "serve.log", extra_env={variable: value}, wait=False)

@@ -126,6 +126,7 @@ class PredictionCache:
         self._inflight: dict[str, asyncio.Task] = {}
         self._writes: set[asyncio.Task] = set()
         self._up, self._probing, self._retry_at = True, False, 0.0
+        self._refusing_writes = False
         self._local = _LocalLRU(settings.local_cache_entries, settings.cache_ttl_s)
         self._redis: redis.Redis | None = None
         self._password, self._where = "", ""
@@ -243,8 +244,23 @@ class PredictionCache:
         try:
             async with asyncio.timeout(self._timeout_s):
                 await (client.delete(key) if raw is None else client.set(key, raw, ex=self._ttl_s))
+        except ResponseError as exc:
+            # Redis answered: it refuses this write (OOM at maxmemory with a noeviction
+            # policy, a read-only replica), but it is up, and reads still hit.
+            self._write_refused(exc)
         except Exception as exc:
             self._fault(exc)
+        else:
+            if self._refusing_writes:
+                self._refusing_writes = False
+                log.warning("cache: Redis at %s takes writes again", self._where)
+
+    def _write_refused(self, exc: ResponseError) -> None:
+        self._metrics.cache_write_refusals.inc()
+        if not self._refusing_writes:  # once until a write succeeds again
+            self._refusing_writes = True
+            msg = "cache: Redis at %s refuses writes (%s); still reading from it, new answers go uncached"
+            log.warning(msg, self._where, type(exc).__name__)
 
     def _closed_or_probe(self) -> bool:
         """True while Redis is healthy, and for one probing request once `cache_retry_s` has passed."""

@@ -34,6 +34,11 @@ class Metrics:
             "Cache entries that failed validation and were dropped",
             registry=registry,
         )
+        self.cache_write_refusals = Counter(
+            "heimdall_cache_write_refusals",
+            "Cache writes Redis answered with an error (OOM at maxmemory, read-only): not an outage",
+            registry=registry,
+        )
         self.cache_backend_up = Gauge(
             "heimdall_cache_backend_up",
             "1 while the shared cache (Redis) answers, 0 while serving uncached",

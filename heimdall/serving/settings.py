@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import re
 from urllib.parse import urlsplit
 
+import redis.asyncio
 from bentoml.exceptions import BentoMLConfigException
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+_DB = re.compile(r"(/[0-9]*)?")
 
 
 class Settings(BaseSettings):
@@ -75,23 +79,30 @@ class Settings(BaseSettings):
 
     @field_validator("redis_url")
     @classmethod
-    def _redis_scheme(cls, v: SecretStr | None) -> SecretStr | None:
-        if v is not None and not v.get_secret_value().startswith(("redis://", "rediss://", "unix://")):
-            raise ValueError("expected redis://host:port/db, rediss://host:port/db (TLS) or unix:///path")
-        return v
+    def _redis_url(cls, v: SecretStr | None) -> SecretStr | None:
+        """The URL as redis-py will read it, checked here so a bad one is one settings line.
 
-    @field_validator("map_tile_url")
-    @classmethod
-    def _tile_template(cls, v: str | None) -> str | None:
+        Nothing of the URL goes into the message: redis-py's own errors quote pieces of it
+        (`Port could not be cast to integer value as '<the password up to a />'`).
+        """
         if v is None:
             return v
-        parts = urlsplit(v)
-        placeholders = all(p in parts.path + parts.query for p in ("{z}", "{x}", "{y}"))
-        if parts.scheme not in ("http", "https") or not parts.netloc or not placeholders:
+        url = v.get_secret_value()
+        expected = "expected redis://host:port/db, rediss://host:port/db (TLS) or unix:///path"
+        if not url.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError(expected)
+        try:
+            parts = urlsplit(url)
+            # Building a connection (it does not connect) applies every query option.
+            redis.asyncio.ConnectionPool.from_url(url).make_connection()
+        except (ValueError, TypeError):
             raise ValueError(
-                "expected an http(s) URL template with {z}, {x} and {y}, e.g. "
-                "https://tile.example.org/{z}/{x}/{y}.png"
-            )
+                f"{expected}, with a password's reserved characters percent-encoded "
+                "('/' as %2F, '#' as %23, '?' as %3F, '@' as %40, '%' as %25), "
+                "and only redis-py's query options"
+            ) from None
+        if parts.scheme != "unix" and (not parts.hostname or not _DB.fullmatch(parts.path)):
+            raise ValueError(f"{expected}: a host, and a database number (or none) after the port")
         return v
 
     @field_validator("model_tag")
