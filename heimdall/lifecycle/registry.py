@@ -164,7 +164,7 @@ def register(
         mlflow.set_tags(tags)
         if contract.accuracy:
             figures = contract.accuracy.model_dump().items()
-            mlflow.log_metrics({k: v for k, v in figures if not isinstance(v, str)})
+            mlflow.log_metrics({k: v for k, v in figures if isinstance(v, int | float)})
         with step(f"Logging {model_dir / MODEL_FILE} to {public_uri(uri)}"):
             info = mlflow.onnx.log_model(
                 model,
