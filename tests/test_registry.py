@@ -101,7 +101,7 @@ def test_register_then_import_by_alias(models: dict[str, Path], sqlite_uri: str,
     assert meta["registry_uri"] == f"models:/{name}/1"
     assert meta["tracking_uri"] == sqlite_uri
     assert meta["contract_version"] == contract.contract_version
-    assert meta["accuracy"] == TINY_ACCURACY.model_dump()
+    assert meta["accuracy"] == TINY_ACCURACY.model_dump(mode="json")
 
     model_dir, loaded, info = load_bento_model(model.tag)
     assert loaded == contract

@@ -39,7 +39,7 @@ from mlflow.models import Model as MlflowModel
 from mlflow.models import ModelSignature
 from mlflow.types import Schema, TensorSpec
 
-from heimdall.contract.document import Contract
+from heimdall.contract.document import Accuracy, Contract
 from heimdall.contract.servable import load_servable
 from heimdall.lifecycle.progress import step
 
@@ -78,6 +78,17 @@ def _mlflow_errors(func: Callable[P, R]) -> Callable[P, R]:
             raise RegistryError(f"MLflow: {exc.message}") from exc
 
     return wrapper
+
+
+def _metrics(accuracy: Accuracy) -> dict[str, float]:
+    """The accuracy's figures as MLflow metrics; a condition's as `condition<i>.<figure>` (its name is
+    free text, which metric names may not be)."""
+    figures = {k: v for k, v in accuracy.model_dump(exclude={"conditions"}).items() if not isinstance(v, str)}
+    for i, condition in enumerate(accuracy.conditions):
+        for k, v in condition.model_dump().items():
+            if not isinstance(v, str):
+                figures[f"condition{i}.{k}"] = v
+    return figures
 
 
 def resolve_tracking_uri(explicit: str | None = None) -> str:
@@ -163,8 +174,7 @@ def register(
         mlflow.log_params(params)
         mlflow.set_tags(tags)
         if contract.accuracy:
-            figures = contract.accuracy.model_dump().items()
-            mlflow.log_metrics({k: v for k, v in figures if isinstance(v, int | float)})
+            mlflow.log_metrics(_metrics(contract.accuracy))
         with step(f"Logging {model_dir / MODEL_FILE} to {public_uri(uri)}"):
             info = mlflow.onnx.log_model(
                 model,
@@ -249,7 +259,7 @@ def import_model(uri: str, tracking_uri: str | None = None) -> bentoml.Model:
             "onnx_sha256": digest,
         }
         if contract.accuracy:
-            metadata["accuracy"] = contract.accuracy.model_dump()
+            metadata["accuracy"] = contract.accuracy.model_dump(mode="json")
         with (
             step(f"Importing into the BentoML model store as {tag}"),
             bentoml.models.create(tag, labels=labels, metadata=metadata) as stored,
