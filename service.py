@@ -157,7 +157,7 @@ def _rejected(reason: str) -> None:
 
 def _front_door(app: Any) -> Admission:
     routes = DirectRoutes(lambda: _current().pipeline, lambda rows: _current().infer_rows(rows), _rejected)
-    return Admission(app, limits, on_reject=_rejected, routes=routes.routes)
+    return Admission(app, limits, on_reject=_rejected, routes=routes.routes, get_routes=routes.get_routes)
 
 
 limits = Limits(

@@ -1,7 +1,7 @@
 """Hostile and careless clients against a real service: the figures issue 12 asks for.
 
     python load/hostile.py slow-bodies  # 160 clients sending a body a byte a second
-    python load/hostile.py amplify      # 16 MiB bodies of empty `iq` lists from 4 clients
+    python load/hostile.py amplify      # bodies of empty `iq` lists at the size limit, 4 clients
     python load/hostile.py fuzz-log     # bad requests of every kind: log lines written
     python load/hostile.py oom          # Redis at maxmemory refusing writes: the hit rate
 
@@ -32,6 +32,7 @@ sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve
 from faults import Memory, Probe  # noqa: E402
 from harness import REPORTS, Redis, Service  # noqa: E402
 
+from heimdall.serving.settings import Settings  # noqa: E402
 from heimdall.training.examples import example_captures, request_body  # noqa: E402
 
 
@@ -104,7 +105,9 @@ def slow_bodies(args) -> bool:
 
 
 def amplify(args) -> bool:
-    body = b'{"captures": [{"station": "torino", "iq": [' + b"[]," * (args.mib * 2**20 // 3) + b"[]]}]}"
+    head, tail = b'{"captures": [{"station": "torino", "iq": [', b"[]]}]}"
+    room = Settings().max_body_bytes - len(head) - len(tail)  # the largest body admission lets in
+    body = head + b"[]," * (room // 3) + tail
     with ExitStack() as stack:
         service = Service(stack, 2, None)
         host = urlsplit(service.url)
@@ -120,10 +123,14 @@ def amplify(args) -> bool:
             while not stop.is_set():
                 conn = http.client.HTTPConnection(host.hostname, host.port, timeout=60)
                 start = time.perf_counter()
-                conn.request("POST", "/predict", body, {"content-type": "application/json"})
-                status = conn.getresponse().status
+                try:
+                    conn.request("POST", "/predict", body, {"content-type": "application/json"})
+                    status = conn.getresponse().status
+                except OSError:
+                    status = 0
+                finally:
+                    conn.close()
                 refusals.append((status, (time.perf_counter() - start) * 1e3))
-                conn.close()
 
         threads = [threading.Thread(target=client, daemon=True) for _ in range(args.clients)]
         for t in threads:
@@ -270,7 +277,6 @@ def main() -> int:
     s.add_argument("--baseline", type=float, default=10, help="seconds of the normal client alone first")
     a = sub.add_parser("amplify", help="bodies of empty `iq` lists")
     a.add_argument("--clients", type=int, default=4)
-    a.add_argument("--mib", type=int, default=16)
     a.add_argument("--seconds", type=float, default=20)
     a.add_argument("--baseline", type=float, default=10)
     f = sub.add_parser("fuzz-log", help="bad requests of every kind; the log lines they write")

@@ -71,8 +71,9 @@ class _Refused(Exception):
 
 
 class Admission:
-    """`app` behind admission; a POST to a path in `routes` is answered by its handler instead
-    (`heimdall.serving.direct`), with the body read here."""
+    """`app` behind admission; a request to a path in `routes` is answered by its handler instead
+    (`heimdall.serving.direct`), with the body read here. `routes` are POST routes,
+    `get_routes` GET ones (the OpenAPI document)."""
 
     def __init__(
         self,
@@ -80,15 +81,20 @@ class Admission:
         limits: Limits,
         on_reject: Callable[[str], None] = lambda r: None,
         routes: Mapping[str, Handler] | None = None,
+        get_routes: Mapping[str, Handler] | None = None,
     ) -> None:
         self.app, self.limits, self.on_reject = app, limits, on_reject
-        self.routes = routes or {}
+        self.routes, self.get_routes = routes or {}, get_routes or {}
         self.in_flight = 0
         self._next_shed = 0.0
 
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
         if scope["type"] != "http" or scope["method"] != "POST":
-            return await self.app(scope, receive, send)
+            handler = self.get_routes.get(scope["path"]) if scope.get("method") == "GET" else None
+            if handler is None:
+                return await self.app(scope, receive, send)
+            status, payload = await handler(scope, b"")
+            return await _respond(send, status, payload, [])
         try:
             self._check_headers(scope)
             body = await self._body(receive)

@@ -13,6 +13,7 @@ the one error body, counted once and logged once, one WARNING line without a tra
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
@@ -21,6 +22,7 @@ from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from heimdall.serving import json_body
 from heimdall.serving.errors import InputError, error_body
+from heimdall.serving.openapi import openapi_document
 from heimdall.serving.schemas import BatchRequest, InferRequest, PredictRequest
 
 if TYPE_CHECKING:
@@ -34,8 +36,9 @@ _outputs = TypeAdapter(list[list[float]])
 
 
 class DirectRoutes:
-    """`routes[path](scope, body) -> (status, JSON body)`; `pipeline` returns the worker's live Pipeline,
-    `infer_batched` sends decoded capture sets through the adaptive batcher."""
+    """`routes[path](scope, body) -> (status, JSON body)` for POST, `get_routes` for GET (the OpenAPI
+    document); `pipeline` returns the worker's live Pipeline, `infer_batched` sends decoded
+    capture sets through the adaptive batcher."""
 
     def __init__(
         self,
@@ -44,11 +47,20 @@ class DirectRoutes:
         on_reject: Callable[[str], None],
     ) -> None:
         self._pipeline, self._infer_batched, self._on_reject = pipeline, infer_batched, on_reject
+        self._document: bytes | None = None
         self.routes: dict[str, Handler] = {
             "/predict": self._guarded(PredictRequest, self._predict),
             "/predict/batch": self._guarded(BatchRequest, self._predict_batch),
             "/infer": self._guarded(InferRequest, self._infer),
         }
+        self.get_routes: dict[str, Handler] = {"/docs.json": self._docs}
+
+    async def _docs(self, scope: dict, body: bytes) -> Answer:
+        if self._document is None:  # needs the served contract, known once the worker is up
+            pipeline = self._pipeline()
+            document = openapi_document(pipeline.model.contract, pipeline.settings, pipeline.model.version)
+            self._document = json.dumps(document).encode()
+        return 200, self._document
 
     async def _predict(self, request: PredictRequest) -> bytes:
         answer = await self._pipeline().predict(

@@ -111,3 +111,13 @@ class InferRequest(BaseModel):
     """`POST /infer`."""
 
     items: list[CaptureSetIn] = Field(min_length=1)
+
+
+class ErrorBody(BaseModel):
+    """Every refusal, from every layer: 400, 408, 413, 415, 431, 503."""
+
+    error: str = Field(description="one line: `<field>: received <value>; expected <what>`")
+    field: str = Field(description="what was refused: `captures[2].station`, `body`, `content-type`, ...")
+    received: str
+    expected: str
+    reason: str = Field(description="a short label, the `reason` of `heimdall_rejected_requests_total`")
