@@ -6,7 +6,7 @@ MODEL  ?= models:/heimdall-localizer@production
 PORT   ?= 3000
 export BENTOML_DO_NOT_TRACK := true
 
-.PHONY: serve test lint model bench load build release browser map-screenshot clean
+.PHONY: serve test lint model bench load build release podman base-image browser map-screenshot clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -43,9 +43,19 @@ map-screenshot: $(VENV)/.installed browser
 bench: model
 	$(BIN)/python load/bench.py
 
-# Registry model -> versioned Bento -> image (`bentoml containerize` when docker/podman answers).
+# Registry model -> versioned Bento -> image, built on BASE_IMAGE whenever docker or podman can
+# run it (`make base-image` builds the default here; BASE_IMAGE= uses BentoML's python:3.11-slim).
+BASE_IMAGE ?= localhost/heimdall-base:bookworm
 release: model
-	$(BIN)/heimdall release $(MODEL)
+	$(BIN)/heimdall release $(MODEL) $(if $(BASE_IMAGE),--base-image $(BASE_IMAGE))
+
+# podman from Debian's packages, set up for a machine without a container daemon or systemd.
+podman:
+	deploy/podman/setup.sh
+
+# The Debian bookworm + Python 3.11 base image, built with debootstrap (no image registry needed).
+base-image: podman
+	HEIMDALL_BASE_IMAGE=$(BASE_IMAGE) deploy/podman/base-image.sh
 
 # Locust SLA check: starts the service and a private Redis, 100 users at ~1 request/s each,
 # reports in load/reports/. Saturation: make load LOAD_ARGS=--saturate

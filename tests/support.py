@@ -20,6 +20,14 @@ ROOT = Path(__file__).resolve().parents[1]
 POSITION_TOLERANCE_DEG = 1e-6
 
 
+def is_ready(url: str) -> bool:
+    """Whether GET `url` (a /readyz) answers 200 now."""
+    try:
+        return httpx.get(url, timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -103,7 +103,9 @@ def _import(args: argparse.Namespace) -> None:
 def _release(args: argparse.Namespace) -> None:
     from heimdall.lifecycle.release import release
 
-    done = release(args.uri, **_given(project_dir=args.project_dir), image=not args.no_image)
+    done = release(
+        args.uri, **_given(project_dir=args.project_dir, base_image=args.base_image), image=not args.no_image
+    )
     print(f"bento  {done.bento_tag}")
     origin = " ".join(f"{k}={v}" for k, v in done.labels.items() if k.startswith("registry"))
     print(f"model  {done.model_tag} ({origin})")
@@ -112,7 +114,8 @@ def _release(args: argparse.Namespace) -> None:
     elif args.no_image:
         print(f"image  skipped (--no-image); to build it: {done.containerize_command}")
     else:
-        print("image  not built: no container engine answers here (`docker info` / `podman info` failed).")
+        print(f"image  not built: no container engine here can run its base ({done.base_image}):")
+        print(f"       `docker run --rm {done.base_image} true` / `podman run ...` failed.")
         print(f"       Where one runs: {done.containerize_command}")
         print(f"       (copy it there: bentoml export {done.bento_tag} heimdall.bento; bentoml import)")
 
@@ -179,6 +182,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("uri", metavar="URI", help="models:/NAME@ALIAS or models:/NAME/VERSION")
     p.add_argument("--project-dir", type=Path, help="checkout with bentofile.yaml (default: this one)")
     p.add_argument("--no-image", action="store_true", help="stop after building the Bento")
+    p.add_argument(
+        "--base-image",
+        help="image to build on, e.g. localhost/heimdall-base:bookworm from `make base-image` "
+        "(default: $HEIMDALL_BASE_IMAGE, else BentoML's python:3.11-slim)",
+    )
     p.set_defaults(run=_release)
 
     p = commands.add_parser("example", help="print the example capture set as a POST /predict body")

@@ -1,7 +1,10 @@
 """Release: MLflow registry model -> versioned Bento -> container image, in one call.
 
 `release("models:/NAME@ALIAS")` imports the model (heimdall.lifecycle.registry), builds a Bento
-from bentofile.yaml and, when a container engine answers, runs `bentoml containerize`.
+from bentofile.yaml and, when a container engine can run the image's base, runs
+`bentoml containerize`. The base is BentoML's default (python:3.11-slim from Docker Hub) unless
+`base_image` (or HEIMDALL_BASE_IMAGE) names another, such as the Debian base that
+`make base-image` builds locally (deploy/podman/base-image.sh) where no registry is reachable.
 
 The Python packages of the Bento are `[project].dependencies` of pyproject.toml, read at
 build time and injected as `python.packages`: pyproject.toml stays the one list of pins
@@ -10,12 +13,12 @@ be a second copy to keep in step).
 
 Bento version: ``v<registry version>-<contract fingerprint[:8]>-<digest[:10]>`` where the
 digest (blake2b) covers the bundled source files (same include/exclude rules as the build),
-bentofile.yaml, the pinned dependency list and the exact model tag (whose version carries
-the ONNX sha256). Same inputs give the same version, and releasing them again returns the
-Bento already in the store instead of building a twin. What the version cannot promise:
-byte-identical Bento archives (BentoML stamps a creation time into bento.yaml) and
-identical images (base image tags and package indexes move); the version identifies what
-was put in, not the bytes that come out.
+bentofile.yaml and its image setup script, the pinned dependency list, the exact model tag
+(whose version carries the ONNX sha256) and the base image. Same inputs give the same version,
+and releasing them again returns the Bento already in the store instead of building a twin.
+What the version cannot promise: byte-identical Bento archives (BentoML stamps a creation time
+into bento.yaml) and identical images (base image tags and package indexes move); the version
+identifies what was put in, not the bytes that come out.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import tomllib
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -42,6 +46,7 @@ PROJECT_DIR = Path(__file__).resolve().parents[2]
 BENTOFILE = "bentofile.yaml"
 IMAGE_REPOSITORY = "heimdall"
 ENGINES = ("docker", "podman")
+BASE_IMAGE_ENV = "HEIMDALL_BASE_IMAGE"
 
 
 class ReleaseError(Exception):
@@ -58,6 +63,7 @@ class Release:
     reused: bool
     image: str | None
     engine: str | None
+    base_image: str
 
     @property
     def containerize_command(self) -> str:
@@ -100,13 +106,21 @@ def bundled_files(project_dir: Path, config: internals.BuildConfig) -> list[str]
     return sorted(found)
 
 
-def content_digest(project_dir: Path, config: internals.BuildConfig, deps: list[str], model_tag: str) -> str:
-    """blake2b hex digest of the bundled sources, bentofile.yaml, the pins and the model tag."""
+def content_digest(
+    project_dir: Path,
+    config: internals.BuildConfig,
+    deps: list[str],
+    model_tag: str,
+    base_image: str | None = None,
+) -> str:
+    """blake2b hex digest of the bundled sources, bentofile.yaml and its setup script, the pins,
+    the model tag and the base image (None: BentoML's default)."""
     root = Path(project_dir)
     h = hashlib.blake2b(digest_size=16)
-    for rel in [*bundled_files(root, config), BENTOFILE]:
+    setup_script = [config.docker.setup_script] if config.docker.setup_script else []
+    for rel in [*bundled_files(root, config), BENTOFILE, *setup_script]:
         h.update(rel.encode() + b"\0" + hashlib.sha256((root / rel).read_bytes()).digest())
-    h.update("\n".join(deps).encode() + b"\0" + model_tag.encode())
+    h.update("\n".join(deps).encode() + b"\0" + model_tag.encode() + b"\0" + (base_image or "").encode())
     return h.hexdigest()
 
 
@@ -140,13 +154,16 @@ def _env(name: str, value: str) -> Iterator[None]:
             os.environ[name] = old
 
 
-def build_bento(model: bentoml.Model, project_dir: Path = PROJECT_DIR) -> tuple[bentoml.Bento, bool]:
-    """Build (or find) the Bento serving `model`; return it and whether it already existed."""
+def build_bento(
+    model: bentoml.Model, project_dir: Path = PROJECT_DIR, base_image: str | None = None
+) -> tuple[bentoml.Bento, bool]:
+    """Build (or find) the Bento serving `model`, its image based on `base_image` (None: BentoML's
+    default); return it and whether it already existed."""
     project_dir = Path(project_dir).resolve()
     config = load_build_config(project_dir)
     deps = pinned_dependencies(project_dir / "pyproject.toml")
     model_tag = str(model.tag)
-    digest = content_digest(project_dir, config, deps, model_tag)
+    digest = content_digest(project_dir, config, deps, model_tag, base_image)
     labels = release_labels(model, digest)
     tag = bentoml.Tag(config.name or "heimdall", bento_version(labels, digest))
     try:
@@ -163,17 +180,32 @@ def build_bento(model: bentoml.Model, project_dir: Path = PROJECT_DIR) -> tuple[
             packages=deps,
             # The image resolves exactly this model, whatever else a store might hold.
             envs={"HEIMDALL_MODEL_TAG": model_tag},
+            base_image=base_image,
         )
     return bentoml.bentos.get(tag), False
 
 
-def container_engine() -> str | None:
-    """'docker' or 'podman' if its CLI is installed and `<engine> info` succeeds (the daemon answers)."""
+def image_base(bento_tag: str) -> str:
+    """The image the Bento's generated Dockerfile starts FROM."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "Dockerfile"
+        bentoml.container.get_containerfile(bento_tag, output_path=str(path))
+        lines = path.read_text().splitlines()
+    return next(line.split()[1] for line in lines if line.upper().startswith("FROM "))
+
+
+def container_engine(base_image: str) -> str | None:
+    """'docker' or 'podman' if its CLI is installed and `<engine> run --rm <base_image> true` works.
+
+    Running a container is the test, not `<engine> info`: an engine can answer `info` and still
+    be unable to start one (no runtime, refused ulimits, an unreachable registry for the base).
+    """
     for engine in ENGINES:
         if shutil.which(engine) is None:
             continue
         try:
-            ok = subprocess.run([engine, "info"], capture_output=True, timeout=20).returncode == 0
+            run = [engine, "run", "--rm", base_image, "true"]
+            ok = subprocess.run(run, capture_output=True, timeout=120).returncode == 0
         except (OSError, subprocess.TimeoutExpired):
             ok = False
         if ok:
@@ -206,14 +238,19 @@ def release(
     tracking_uri: str | None = None,
     project_dir: Path = PROJECT_DIR,
     image: bool = True,
+    base_image: str | None = None,
 ) -> Release:
-    """Import `uri` from MLflow, build its Bento and, if `image` and an engine runs, containerize it."""
+    """Import `uri` from MLflow, build its Bento and, if `image` and an engine can run the base
+    image, containerize it. `base_image` defaults to HEIMDALL_BASE_IMAGE, then BentoML's own."""
     from heimdall.lifecycle.registry import import_model
 
+    base_image = base_image or os.environ.get(BASE_IMAGE_ENV) or None
     model = import_model(uri, tracking_uri=tracking_uri)
-    bento, reused = build_bento(model, project_dir)
+    bento, reused = build_bento(model, project_dir, base_image)
     if reused:
         console.print(f"[green]✓[/] Bento {bento.tag} already built from these inputs", highlight=False)
-    engine = container_engine() if image else None
+    base = image_base(str(bento.tag))
+    engine = container_engine(base) if image else None
     built_image = containerize(str(bento.tag), engine) if engine else None
-    return Release(str(bento.tag), str(model.tag), dict(bento.info.labels), reused, built_image, engine)
+    labels = dict(bento.info.labels)
+    return Release(str(bento.tag), str(model.tag), labels, reused, built_image, engine, base)

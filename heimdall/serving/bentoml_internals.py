@@ -7,7 +7,8 @@ The service and the release code reach past BentoML's public API in a few places
 - the ASGI app a worker serves, wrapped in an outermost layer (`serve_behind`), and the
   HTTP protocol uvicorn serves it with (`bound_headers`, uvicorn's private API);
 - the Bento build: bentofile parsing, its include/exclude rules and `Bento.create`
-  with packages, labels and environment added (`load_build_config`, `included_by`,
+  with packages, labels, environment and a base image added, and without the distro's
+  build tools on a base image of our own (`load_build_config`, `included_by`,
   `build_and_save`).
 
 None of these is promised across releases, so importing this module refuses any BentoML
@@ -30,6 +31,7 @@ from _bentoml_impl.server.app import ServiceAppFactory
 from bentoml._internal.bento import Bento
 from bentoml._internal.bento.build_config import BentoBuildConfig, BentoEnvSchema, BentoPathSpec
 from bentoml._internal.configuration.containers import BentoMLContainer
+from bentoml._internal.container.frontend.dockerfile import CONTAINER_METADATA
 
 CHECKED_VERSION = "1.4.40"
 CHECKED_UVICORN = "0.55.0"  # the version BentoML 1.4.40 resolves to; not pinned by us
@@ -120,13 +122,35 @@ def build_and_save(
     labels: dict[str, str],
     packages: list[str],
     envs: dict[str, str],
+    base_image: str | None = None,
 ) -> None:
-    """Build a Bento from `config` with labels, Python packages and environment added; store it."""
+    """Build a Bento from `config` with labels, Python packages and environment added, its image
+    based on `base_image` when given; store it."""
+    docker = config.docker
+    if base_image is not None:
+        # With a base image BentoML ignores `distro` (and warns); python_version still picks the
+        # interpreter its uv venv is made with.
+        docker = attr.evolve(docker, base_image=base_image, distro=None)
     config = attr.evolve(
         config,
+        docker=docker,
         labels={**config.labels, **labels},
         python=attr.evolve(config.python, packages=[*(config.python.packages or []), *packages]),
         envs=[*config.envs, *(BentoEnvSchema(name=k, value=v) for k, v in envs.items())],
     )
     bento = Bento.create(build_config=config, version=version, build_ctx=build_ctx, reload=True)
+    if base_image is not None:
+        _drop_distro_packages(bento)
     bento.save(BentoMLContainer.bento_store.get())
+
+
+def _drop_distro_packages(bento: Bento) -> None:
+    """Leave out the `apt-get install build-essential git ...` BentoML puts first in every image.
+
+    Every pinned package installs from a binary wheel, so a compiler is only size (~250 MB);
+    the local base image (deploy/podman/base-image.sh) already has what the service needs.
+    """
+    defaults = {spec["default_install_command"] for spec in CONTAINER_METADATA.values()}
+    commands = bento.info.image.commands
+    commands[:] = [c for c in commands if c not in defaults]
+    bento.flush_info()
