@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import bentoml
@@ -22,7 +22,7 @@ from heimdall.serving.direct import DirectRoutes
 from heimdall.serving.header_limit import HeaderLimitedProtocol
 from heimdall.serving.inference import OnnxModel
 from heimdall.serving.metrics import Metrics
-from heimdall.serving.pipeline import Pipeline, ServedModel
+from heimdall.serving.pipeline import Infer, Pipeline, ServedModel
 from heimdall.serving.routes import ops_app
 from heimdall.serving.schemas import (
     BatchPrediction,
@@ -81,7 +81,9 @@ class Heimdall:
             labels=dict(self.model.info.labels),
             load_seconds=time.perf_counter() - start,
         )
-        self._batched_infer = None  # the batcher can only be reached once the worker's app is up
+        # the batcher can only be reached once the worker's app is up
+        self._batched_infer: Callable[[Any], Awaitable[Any]] | None = None
+        infer: Infer
         if settings.adaptive_batching:
             infer = LoneRowBypass(self._infer_batched, self._infer_direct)
         else:

@@ -51,7 +51,7 @@ def check_servable(model: onnx.ModelProto, contract: Contract) -> None:
     problems: list[str] = []
     initializers = {t.name for t in model.graph.initializer}
     inputs = {i.name: i for i in model.graph.input if i.name not in initializers}
-    expected_in = ["batch", *contract.input_shape]
+    expected_in: list[int | str] = ["batch", *contract.input_shape]
     if contract.io.input not in inputs:
         problems.append(f"input: expected {contract.io.input!r}, found {sorted(inputs)}")
     else:

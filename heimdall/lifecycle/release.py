@@ -165,7 +165,8 @@ def build_bento(
     model_tag = str(model.tag)
     digest = content_digest(project_dir, config, deps, model_tag, base_image)
     labels = release_labels(model, digest)
-    tag = bentoml.Tag(config.name or "heimdall", bento_version(labels, digest))
+    version = bento_version(labels, digest)
+    tag = bentoml.Tag(config.name or "heimdall", version)
     try:
         return bentoml.bentos.get(tag), True
     except NotFound:
@@ -174,7 +175,7 @@ def build_bento(
     with _env("HEIMDALL_MODEL_TAG", model_tag), step(f"Building Bento {tag}"):
         internals.build_and_save(
             config,
-            version=tag.version,
+            version=version,
             build_ctx=str(project_dir),
             labels=labels,
             packages=deps,

@@ -104,8 +104,8 @@ class Admission:
             return
         if self.in_flight >= self.limits.max_in_flight:
             busy = f"{self.limits.max_in_flight} requests in flight on this worker"
-            refusal = _Refused(503, "request", busy, "a retry after 1 s", "overloaded")
-            return await self._refuse(send, refusal, keep_alive=True)
+            overloaded = _Refused(503, "request", busy, "a retry after 1 s", "overloaded")
+            return await self._refuse(send, overloaded, keep_alive=True)
         self.in_flight += 1
         try:
             handler = self.routes.get(scope["path"])

@@ -65,7 +65,7 @@ def serve_behind(service: object, front: Callable[[Any], Any]) -> None:
         return front(app) if factory.service is service else app
 
     call.fronted = build  # type: ignore[attr-defined]
-    ServiceAppFactory.__call__ = call  # type: ignore[method-assign]
+    ServiceAppFactory.__call__ = call
 
 
 def bound_headers(protocol: type, max_bytes: int, on_reject: Callable[[str], None]) -> None:

@@ -27,6 +27,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import cast
 from urllib.parse import urlsplit
 
 import redis.asyncio as redis
@@ -216,7 +217,8 @@ class PredictionCache:
             return None, "error"
         try:
             async with asyncio.timeout(self._timeout_s):
-                raw = await self._redis.get(key)
+                # the client is made without decode_responses: values come back as bytes
+                raw = cast(bytes | None, await self._redis.get(key))
         except ResponseError:
             raw = b""  # e.g. WRONGTYPE: a foreign key under our name, dropped like a corrupt value
         except asyncio.CancelledError:

@@ -73,11 +73,11 @@ def decode_captures(
         raise InputError(field, [], f"captures from at least {contract.min_receivers} receivers", "empty")
     pairs = [_station_and_iq(item, f"{field}[{i}]") for i, item in enumerate(captures)]
     # Stations first: refusing an unknown or short set costs nothing next to decoding the samples.
-    _check_stations([s for s, _ in pairs], contract, field, field + "[{}].station")
+    stations = _check_stations([s for s, _ in pairs], contract, field, field + "[{}].station")
     decoded: dict[str, _Decoded] = {}
     wire: dict[str, bytes] = {}  # base64 receivers' bytes, converted together once all are checked
     places: dict[str, str] = {}
-    for i, (station, data) in enumerate(pairs):
+    for i, (station, (_, data)) in enumerate(zip(stations, pairs, strict=True)):
         places[station] = where = f"{field}[{i}].iq"
         if isinstance(data, str):
             wire[station] = _from_base64(data, encoding, max_samples, contract, where)
@@ -129,16 +129,19 @@ def _station_and_iq(item: object, where: str) -> tuple[object, object]:
     raise InputError(where, item, 'an object {"station": "<id>", "iq": [[I, Q], ...] or base64}', "ragged_iq")
 
 
-def _check_stations(stations: list[object], contract: Contract, field: str, item: str) -> None:
-    """Known, distinct and enough station ids. `item` formats one entry's field name from its index."""
+def _check_stations(stations: list[object], contract: Contract, field: str, item: str) -> list[str]:
+    """The station ids, once known, distinct and enough.
+
+    `item` formats one entry's field name from its index.
+    """
     known = contract.receiver_ids
-    seen: set[str] = set()
+    seen: dict[str, None] = {}  # the ids in order
     for i, station in enumerate(stations):
         if not isinstance(station, str) or station not in known:
             raise InputError(item.format(i), station, f"one of {', '.join(known)}", "unknown_station")
         if station in seen:
             raise InputError(item.format(i), station, "each station at most once", "duplicate_station")
-        seen.add(station)
+        seen[station] = None
     if len(seen) < contract.min_receivers:
         raise InputError(
             field,
@@ -146,6 +149,7 @@ def _check_stations(stations: list[object], contract: Contract, field: str, item
             f"at least {contract.min_receivers} distinct receivers",
             "too_few_receivers",
         )
+    return list(seen)
 
 
 def _check_count(n: int, max_samples: int, contract: Contract, where: str) -> None:
@@ -256,7 +260,8 @@ def _from_bytes(
         counts = np.frombuffer(b"".join(wire.values()), dtype="<i2")
         interleaved = counts.astype(np.float32)
         interleaved *= _SCALE
-        decoded, start = {}, 0
+        decoded: dict[str, _Decoded] = {}
+        start = 0
         for station, raw in wire.items():
             stop = start + len(raw) // 2
             # Integers: no -0.0 for `_complex` to clear.

@@ -26,7 +26,7 @@ Every refusal is an `InputError` naming the field (`captures[2].iq`, `body`).
 from __future__ import annotations
 
 from collections import Counter
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import simdjson
@@ -104,6 +104,8 @@ def _pairs(array: simdjson.Array) -> np.ndarray | None:
     # tells pairs from [[I, Q, x], [I]] or [[[I, Q]], ...].
     if values.size != 2 * n:
         return None
-    if array.mini.translate(None, _NUMBER_CHARS) != b"[" + b"[,]," * (n - 1) + b"[,]]":
+    # pysimdjson's stub says `mini` is a str; it returns the minified document's bytes
+    mini = cast(bytes, array.mini)
+    if mini.translate(None, _NUMBER_CHARS) != b"[" + b"[,]," * (n - 1) + b"[,]]":
         return None
     return values.reshape(n, 2)

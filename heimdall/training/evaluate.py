@@ -120,7 +120,8 @@ def _plot(
     ax.scatter(t[:, 0], t[:, 1], s=8, color="tab:green", label="true transmitter", zorder=2)
     ax.scatter(p[:, 0], p[:, 1], s=8, color="tab:blue", label="model estimate", zorder=2)
     for i, colour in zip(range(6), plt.cm.tab10(np.arange(6) + 3), strict=True):
-        e = ellipse(*prediction[i, 2:5], level=0.95)
+        sigma_east, sigma_north, rho = prediction[i, 2:5]
+        e = ellipse(sigma_east, sigma_north, rho, level=0.95)
         ax.add_patch(
             EllipsePatch(
                 tuple(prediction[i, :2] / 1e3),

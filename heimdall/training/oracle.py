@@ -111,7 +111,7 @@ class GridOracle:
         p = (power + self.l0) * w  # r_r = P_r + L(d_r) = A + e_r; L = l0 + 10 n log_d
         sp, sp2 = p.sum(axis=1, keepdims=True), (p * (power + self.l0)).sum(axis=1, keepdims=True)
         pl, ll, l2 = p @ self.log_d.T, w @ self.log_d.T, w @ (self.log_d**2).T
-        total = None
+        total = np.full(pl.shape, -np.inf)  # log 0: logaddexp(-inf, x) is x
         for n in self.exponents:
             s1 = sp + 10 * n * ll
             sse = sp2 + 20 * n * pl + 100 * n**2 * l2 - s1**2 / k
@@ -121,5 +121,5 @@ class GridOracle:
                 upper, lower = log_ndtr((self.a_high - mean) / s), log_ndtr((self.a_low - mean) / s)
                 mass = upper + np.log1p(-np.exp(np.minimum(lower - upper, -1e-12)))
                 term = -0.5 * (k - 1) * np.log(v) - sse / (2 * v) + mass
-                total = term if total is None else np.logaddexp(total, term)
+                total = np.logaddexp(total, term)
         return total

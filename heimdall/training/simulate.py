@@ -139,7 +139,8 @@ def simulate_scenes(
     rx = station_enu(contract)
     tx = _place_transmitters(rng, n, contract)
     distance = np.linalg.norm(tx[:, None, :] - rx[None], axis=-1)
-    tx_dbm = 30.0 + 10.0 * np.log10(np.exp(rng.uniform(*np.log(physics.tx_power_w), n)))
+    low_w, high_w = np.log(physics.tx_power_w)
+    tx_dbm = 30.0 + 10.0 * np.log10(np.exp(rng.uniform(low_w, high_w, n)))
     exponent = extra.uniform(*physics.path_loss_exponent, (n, 1))
     shadowing = extra.uniform(*physics.shadowing_db, (n, 1))
     rx_dbm = (

@@ -232,7 +232,8 @@ def _fit(
         order = torch.randperm(len(x), generator=gen)
         for i in range(steps):
             idx = order[i * _BATCH : (i + 1) * _BATCH]
-            loss = gaussian_nll(*model(drop_receivers(x[idx], gen, contract.min_receivers)), y[idx])
+            mean, cov = model(drop_receivers(x[idx], gen, contract.min_receivers))
+            loss = gaussian_nll(mean, cov, y[idx])
             optimizer.zero_grad()
             loss.backward()
             nn.utils.clip_grad_norm_(model.parameters(), 5.0)
@@ -240,7 +241,8 @@ def _fit(
             schedule.step()
         model.eval()
         with torch.no_grad():
-            val = float(gaussian_nll(*model(xv), yv))
+            mean, cov = model(xv)
+            val = float(gaussian_nll(mean, cov, yv))
         if val < best:
             best, best_state = val, {k: v.clone() for k, v in model.state_dict().items()}
         bar.update(task, advance=1, description=f"training epochs (val NLL {val:.3f}, best {best:.3f})")
