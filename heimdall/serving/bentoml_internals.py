@@ -29,6 +29,7 @@ import uvicorn.config
 from _bentoml_impl.serde import JSONSerde
 from _bentoml_impl.server.app import ServiceAppFactory
 from bentoml._internal.bento import Bento
+from bentoml._internal.bento.bento import BentoInfoV2
 from bentoml._internal.bento.build_config import BentoBuildConfig, BentoEnvSchema, BentoPathSpec
 from bentoml._internal.configuration.containers import BentoMLContainer
 from bentoml._internal.container.frontend.dockerfile import CONTAINER_METADATA
@@ -151,6 +152,8 @@ def _drop_distro_packages(bento: Bento) -> None:
     the local base image (deploy/podman/base-image.sh) already has what the service needs.
     """
     defaults = {spec["default_install_command"] for spec in CONTAINER_METADATA.values()}
+    if not isinstance(bento.info, BentoInfoV2):  # only a @bentoml.service Bento has an image spec
+        raise TypeError(f"expected a BentoML 1.4 service Bento, got {type(bento.info).__name__}")
     commands = bento.info.image.commands
     commands[:] = [c for c in commands if c not in defaults]
     bento.flush_info()
