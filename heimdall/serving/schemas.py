@@ -20,9 +20,10 @@ class Capture(BaseModel):
 
     station: str = Field(description="receiver id, one of the model contract's receivers (GET /v1/model)")
     # Validated by the decoder, not by pydantic: it checks nesting, length, range and
-    # finiteness and answers with the field, the value and what it expects, and
-    # pydantic's union validation of 57k numbers cost 12 ms per capture set against
-    # 9 ms for `Any`. The schema still documents the two forms.
+    # finiteness and answers with the field, the value and what it expects, and pydantic's
+    # union validation of every number would add to a JSON request's largest cost, reading
+    # its numbers (`make bench` reports decode costs per form). The schema still documents
+    # the two forms.
     iq: Annotated[Any, WithJsonSchema(_IQ_SCHEMA)] = Field(
         description="[[I, Q], ...] int16 ADC counts at the contract's sample rate, or a base64 string "
         "of interleaved little-endian I/Q in the request's `encoding`"
