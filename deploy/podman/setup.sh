@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Host set-up for podman on a Debian machine without a container daemon (root, no systemd):
-# installs podman, runc, the CNI plugins and iptables (its bridge network and published
-# ports) and debootstrap (for `make base-image`) from Debian's packages, and writes the engine
-# settings this machine kind needs. Idempotent; `make podman` runs it.
+# installs podman, runc, catatonit (the pause process of `podman kube play` pods), the CNI
+# plugins and iptables (its bridge network and published ports) and debootstrap (for
+# `make base-image`) from Debian's packages, and writes the engine settings this machine kind
+# needs. Idempotent; `make podman` runs it.
 set -euo pipefail
 
-packages=(podman runc debootstrap)
+packages=(podman runc catatonit debootstrap)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

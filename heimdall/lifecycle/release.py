@@ -215,7 +215,8 @@ def container_engine(base_image: str) -> str | None:
 
 
 def containerize(bento_tag: str, engine: str) -> str:
-    """Run `bentoml containerize` with `engine`; return the image tag."""
+    """Run `bentoml containerize` with `engine`, tag the image heimdall:latest too; return its
+    versioned tag."""
     image = f"{IMAGE_REPOSITORY}:{bento_tag.partition(':')[2]}"
     command = [
         sys.executable,
@@ -231,6 +232,8 @@ def containerize(bento_tag: str, engine: str) -> str:
     console.print(f"[bold]$ {escape(' '.join(command[2:]))}[/]", highlight=False)
     if subprocess.run(command).returncode != 0:
         raise ReleaseError(f"bentoml containerize {bento_tag} with {engine} failed (output above)")
+    # deploy/kubernetes runs heimdall:latest: the newest release.
+    subprocess.run([engine, "tag", image, f"{IMAGE_REPOSITORY}:latest"], check=True)
     return image
 
 
