@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import bentoml
@@ -13,16 +12,15 @@ import numpy as np
 from pydantic import Field
 from threadpoolctl import threadpool_limits
 
-from heimdall.contract.features import FeatureExtractor
-from heimdall.contract.servable import load_servable
+from heimdall.serving.admin import admin_routes
 from heimdall.serving.admission import Admission, Limits
 from heimdall.serving.batching import LoneRowBypass
 from heimdall.serving.bentoml_internals import batch_caller, bound_headers, serve_behind
 from heimdall.serving.direct import DirectRoutes
+from heimdall.serving.follower import Follower
 from heimdall.serving.header_limit import HeaderLimitedProtocol
-from heimdall.serving.inference import OnnxModel
 from heimdall.serving.metrics import Metrics
-from heimdall.serving.pipeline import Infer, Pipeline, ServedModel
+from heimdall.serving.pipeline import Infer, Pipeline
 from heimdall.serving.routes import ops_app
 from heimdall.serving.schemas import (
     BatchPrediction,
@@ -34,8 +32,10 @@ from heimdall.serving.schemas import (
 )
 from heimdall.serving.settings import load_settings
 from heimdall.serving.shutdown import stop_listening_on_sigterm
+from heimdall.serving.versions import Roster, Row, locate_rows, open_model
 
 settings = load_settings()
+TIMEOUT_S = 30  # the longest a request may take; also how long a retired model version stays open
 
 
 def _current() -> Heimdall:
@@ -51,36 +51,25 @@ class InferRequest(bentoml.IODescriptor):
 @bentoml.service(
     name="heimdall",
     workers=settings.workers,
-    traffic={"timeout": 30},
+    traffic={"timeout": TIMEOUT_S},
     metrics={"enabled": True, "namespace": "bentoml_service"},
     logging={"access": {"enabled": settings.access_log}},
 )
-@bentoml.asgi_app(ops_app(lambda: _current().pipeline), path="/v1")
+@bentoml.asgi_app(
+    ops_app(lambda: _current().pipeline, admin_routes(lambda: _current().follower, settings.admin_token)),
+    path="/v1",
+)
 class Heimdall:
     model = bentoml.models.BentoModel(settings.model_tag)
 
     def __init__(self) -> None:
-        # Raises unless the model loads and its warm-up inference is valid, so the
+        # Raises unless the Bento's model loads and its warm-up inference is valid, so the
         # worker (and BentoML's /readyz) only comes up with a working model.
-        start = time.perf_counter()
         # One worker per core, one compute thread per worker: left alone, numpy's BLAS starts a
         # thread per core in every worker, and under load the mel matmul then cost 3x the CPU.
         threadpool_limits(1)
         self.metrics = Metrics()
-        contract = load_servable(
-            self.model.path_of("model.onnx"), self.model.path_of("contract.json"), str(self.model.tag)
-        )
-        self.onnx = OnnxModel(self.model.path_of("model.onnx"), contract, threads=settings.onnx_threads)
-        self.onnx.warm_up()
-        self.features = FeatureExtractor(contract)
-        self.features.warm_up()
-        served = ServedModel(
-            name=self.model.tag.name,
-            version=self.model.tag.version,
-            contract=contract,
-            labels=dict(self.model.info.labels),
-            load_seconds=time.perf_counter() - start,
-        )
+        default = open_model(self.model, settings, self.metrics)
         # the batcher can only be reached once the worker's app is up
         self._batched_infer: Callable[[Any], Awaitable[Any]] | None = None
         infer: Infer
@@ -88,7 +77,14 @@ class Heimdall:
             infer = LoneRowBypass(self._infer_batched, self._infer_direct)
         else:
             infer = self._infer_direct
-        self.pipeline = Pipeline(served, settings, self.metrics, infer)
+        self.pipeline = Pipeline(Roster(default), settings, self.metrics, infer)
+        # With HEIMDALL_MODEL_URI the registry's version replaces the Bento's before the first
+        # request; a registry that is down or a version that fails a check leaves the Bento's.
+        self.follower = Follower(
+            settings, self.metrics, self.pipeline, lambda m: open_model(m, settings, self.metrics), TIMEOUT_S
+        )
+        if self.follower.following:
+            self.follower.check_blocking()
         # With CPython's default thresholds a request triggers collections that re-scan the
         # worker's ~250k long-lived objects (and a JSON body the fast reader does not take
         # becomes ~30k lists per receiver, hundreds of collections). Freeze what exists now
@@ -97,27 +93,23 @@ class Heimdall:
         gc.set_threshold(100_000, 20, 100)
         stop_listening_on_sigterm()
 
-    async def infer_rows(self, rows: list[Mapping[str, np.ndarray]]) -> list[list[float]]:
-        """Decoded capture sets through the adaptive batcher of `infer`."""
+    @bentoml.on_startup
+    async def _follow_the_registry(self) -> None:
+        if self.follower.following:
+            self._follower_task = asyncio.create_task(self.follower.run())
+
+    async def infer_rows(self, rows: list[Row]) -> list[list[float]]:
+        """Decoded capture sets, each with its version, through the adaptive batcher of `infer`."""
         if self._batched_infer is None:
             self._batched_infer = batch_caller(self, "infer", "items")
         return await self._batched_infer(rows)
 
-    async def _infer_batched(self, iq: Mapping[str, np.ndarray]) -> np.ndarray:
-        return np.asarray((await self.infer_rows([iq]))[0])
+    async def _infer_batched(self, row: Row) -> np.ndarray:
+        return np.asarray((await self.infer_rows([row]))[0])
 
-    async def _infer_direct(self, iq: Mapping[str, np.ndarray]) -> np.ndarray:
-        return (await asyncio.to_thread(self._locate, [iq]))[0]
-
-    def _locate(self, items: list[Mapping[str, np.ndarray]]) -> np.ndarray:
-        """Capture sets -> (n, 5) model outputs: features and one ONNX run, in a worker thread."""
-        start = time.perf_counter()
-        features = self.features.capture_sets(items)
-        ready = time.perf_counter()
-        out = self.onnx.run(features)
-        self.metrics.preprocess_seconds.observe(ready - start)
-        self.metrics.inference_seconds.observe(time.perf_counter() - ready)
-        return out
+    async def _infer_direct(self, row: Row) -> np.ndarray:
+        model, iq = row
+        return (await asyncio.to_thread(model.locate, [iq]))[0]
 
     # The front door answers these routes (`heimdall.serving.direct`); the declarations give
     # the OpenAPI document and BentoML's Python client their shape.
@@ -145,12 +137,13 @@ class Heimdall:
         max_latency_ms=settings.max_latency_ms,
         input_spec=InferRequest,
     )
-    def infer(self, items: list[Mapping[str, np.ndarray]]) -> list[list[float]]:
+    def infer(self, items: list[Row]) -> list[list[float]]:
         """The model's raw outputs [east m, north m, sigma east m, sigma north m, correlation]
         for each capture set, adaptive-batched. Items arrive decoded: this worker's requests
         hand their capture sets to the batcher in-process (`heimdall.serving.batching`), and
-        the front door decodes those posted here before they join a batch."""
-        return self._locate(items).tolist()
+        the front door decodes those posted here before they join a batch (for the primary).
+        Each row names the version that answers it."""
+        return locate_rows(items).tolist()
 
 
 def _rejected(reason: str) -> None:

@@ -5,13 +5,17 @@ from __future__ import annotations
 import atexit
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
+import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from hypothesis import settings
-from support import RedisServer
+from support import RedisServer, free_port, stop_group
 
 # BentoML reads its home when first imported: point it at a throwaway store
 # before any test module imports bentoml.
@@ -66,3 +70,34 @@ def reference_tag(mlflow_sqlite) -> str:
     register(REFERENCE_MODEL, name="heimdall-localizer", alias="production", tracking_uri=mlflow_sqlite)
     model = import_model("models:/heimdall-localizer@production", tracking_uri=mlflow_sqlite)
     return str(model.tag)
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real `mlflow server` on loopback: SQLite backend, proxied artifacts in a temp directory."""
+    root = tmp_path_factory.mktemp("mlflow-server")
+    port = free_port()
+    log = (root / "server.log").open("w")
+    server = subprocess.Popen(
+        [Path(sys.executable).parent / "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
+         "--workers", "1", "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
+         "--artifacts-destination", str(root / "artifacts")],
+        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )  # fmt: skip
+    uri = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                with urllib.request.urlopen(f"{uri}/health", timeout=2) as answer:
+                    if answer.status == 200:
+                        break
+            except OSError:
+                pass
+            if server.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"mlflow server did not start:\n{(root / 'server.log').read_text()[-2000:]}")
+            time.sleep(0.25)
+        yield uri
+    finally:
+        stop_group(server, timeout=15)  # the server and the uvicorn worker it started
+        log.close()

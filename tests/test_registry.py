@@ -11,9 +11,7 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.request
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import bentoml
@@ -22,7 +20,6 @@ import onnxruntime as ort
 import pytest
 from bentoml.exceptions import NotFound
 from mlflow import MlflowClient
-from support import stop_group
 from tiny_model import TINY_ACCURACY, build_incompatible_model, build_tiny_model
 
 from heimdall.contract.document import Contract
@@ -230,37 +227,6 @@ def test_cli_train_without_torch_says_how_to_install(monkeypatch: pytest.MonkeyP
     monkeypatch.setitem(sys.modules, "torch", None)  # what `import torch` sees when it is not installed
     with pytest.raises(SystemExit, match=r"pip install -e '\.\[train\]'"):
         main(["train", "--out", str(tmp_path), "--seed", "0"])
-
-
-@pytest.fixture(scope="module")
-def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A real `mlflow server` on loopback: SQLite backend, proxied artifacts in a temp directory."""
-    root = tmp_path_factory.mktemp("mlflow-server")
-    port = free_port()
-    log = (root / "server.log").open("w")
-    server = subprocess.Popen(
-        [Path(sys.executable).parent / "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
-         "--workers", "1", "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
-         "--artifacts-destination", str(root / "artifacts")],
-        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-    )  # fmt: skip
-    uri = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                with urllib.request.urlopen(f"{uri}/health", timeout=2) as answer:
-                    if answer.status == 200:
-                        break
-            except OSError:
-                pass
-            if server.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"mlflow server did not start:\n{(root / 'server.log').read_text()[-2000:]}")
-            time.sleep(0.25)
-        yield uri
-    finally:
-        stop_group(server, timeout=15)  # the server and the uvicorn worker it started
-        log.close()
 
 
 @pytest.mark.slow

@@ -1,4 +1,4 @@
-"""`heimdall`: simulate, train, evaluate, register, import and release models. Each subcommand is a thin call.
+"""`heimdall`: simulate, train, evaluate, register, alias, import and release models (thin calls).
 
 Expected failures (a model this code cannot serve, a bad model URI, an
 unreachable or empty registry) print one line to stderr and exit 1.
@@ -100,6 +100,14 @@ def _import(args: argparse.Namespace) -> None:
     print(f"{stored.tag} ({labels})")
 
 
+def _alias(args: argparse.Namespace) -> None:
+    from heimdall.lifecycle.registry import set_alias
+
+    before = set_alias(args.name, args.alias, args.version)
+    was = f" (was {before})" if before else ""
+    print(f"models:/{args.name}@{args.alias} -> version {args.version}{was}")
+
+
 def _release(args: argparse.Namespace) -> None:
     from heimdall.lifecycle.release import release
 
@@ -175,6 +183,14 @@ def _parser() -> argparse.ArgumentParser:
     p = commands.add_parser("import", help="import a registry model into the BentoML model store")
     p.add_argument("uri", metavar="URI", help="models:/NAME@ALIAS or models:/NAME/VERSION")
     p.set_defaults(run=_import)
+
+    p = commands.add_parser(
+        "alias", help="point a registry alias at a version: promote, start a canary, roll back"
+    )
+    p.add_argument("name", metavar="NAME", help="registered model name, e.g. heimdall-localizer")
+    p.add_argument("alias", metavar="ALIAS", help="e.g. production or candidate")
+    p.add_argument("version", metavar="VERSION", help="registry version number")
+    p.set_defaults(run=_alias)
 
     p = commands.add_parser(
         "release", help="import a registry model, build its versioned Bento and containerize it"

@@ -24,6 +24,7 @@ from heimdall.serving import json_body
 from heimdall.serving.errors import InputError, error_body
 from heimdall.serving.openapi import openapi_document
 from heimdall.serving.schemas import BatchRequest, InferRequest, PredictRequest
+from heimdall.serving.versions import Routing
 
 if TYPE_CHECKING:
     from heimdall.serving.pipeline import Pipeline
@@ -62,23 +63,23 @@ class DirectRoutes:
             self._document = json.dumps(document).encode()
         return 200, self._document
 
-    async def _predict(self, request: PredictRequest) -> bytes:
+    async def _predict(self, request: PredictRequest, routing: Routing) -> bytes:
         answer = await self._pipeline().predict(
-            request.captures, request.encoding, request.confidence_level, request.use_cache
+            request.captures, request.encoding, request.confidence_level, request.use_cache, routing
         )
         return answer.__pydantic_serializer__.to_json(answer)
 
-    async def _predict_batch(self, request: BatchRequest) -> bytes:
+    async def _predict_batch(self, request: BatchRequest, routing: Routing) -> bytes:
         answer = await self._pipeline().predict_batch(
-            request.items, request.confidence_level, request.use_cache
+            request.items, request.confidence_level, request.use_cache, routing
         )
         return answer.__pydantic_serializer__.to_json(answer)
 
-    async def _infer(self, request: InferRequest) -> bytes:
+    async def _infer(self, request: InferRequest, _: Routing) -> bytes:
         rows = self._pipeline().decode_rows(request.items)
         return _outputs.dump_json(await self._infer_batched(rows))
 
-    def _guarded(self, model: type[BaseModel], run: Callable[[Any], Awaitable[bytes]]) -> Handler:
+    def _guarded(self, model: type[BaseModel], run: Callable[[Any, Routing], Awaitable[bytes]]) -> Handler:
         async def handle(scope: dict, body: bytes) -> Answer:
             if (media_type := _media_type(scope)) not in _JSON_TYPES:
                 return self._refused(
@@ -89,7 +90,7 @@ class DirectRoutes:
                     request = model.model_validate(json_body.read(body))
                 except ValidationError as exc:
                     raise _refusal(exc) from None
-                return 200, await run(request)
+                return 200, await run(request, Routing.from_headers(lambda name: _header(scope, name)))
             except InputError as exc:
                 return self._refused(scope, 400, exc)
 
@@ -99,6 +100,13 @@ class DirectRoutes:
         self._on_reject(exc.reason)
         log.warning("refused %s %s with %d: %s", scope["method"], scope["path"], status, exc)
         return status, error_body(exc.field, exc.received, exc.expected, exc.reason)
+
+
+def _header(scope: dict, name: str) -> str | None:
+    """The first value of header `name` (lower case), or None."""
+    key = name.encode("latin-1")
+    value = next((v for k, v in scope["headers"] if k == key), None)
+    return None if value is None else value.decode("latin-1")
 
 
 def _media_type(scope: dict) -> str:

@@ -9,6 +9,9 @@ from __future__ import annotations
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 
+_KM_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0)
+# 1 - exp(-m^2 / 2) for a Mahalanobis distance m: the smallest ellipse level holding the point
+_LEVEL_BUCKETS = (0.1, 0.25, 0.5, 0.75, 0.9, 0.95, 0.99, 0.999)
 _FAST_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
 
 
@@ -55,5 +58,46 @@ class Metrics:
             "heimdall_predictions",
             "Capture sets answered, by source (model, cache)",
             ["source"],
+            registry=registry,
+        )
+        self.model_predictions = Counter(
+            "heimdall_model_predictions",
+            "Capture sets answered, by the model version that made the answer and its role",
+            ["model_version", "role"],
+            registry=registry,
+        )
+        self.model_swaps = Counter(
+            "heimdall_model_swaps",
+            "Model versions swapped in from the registry, by role (primary, candidate)",
+            ["role"],
+            registry=registry,
+        )
+        self.model_refusals = Counter(
+            "heimdall_model_refusals",
+            "Registry versions refused (failed a check or the warm-up), by role; the old one kept serving",
+            ["role"],
+            registry=registry,
+        )
+        self.registry_errors = Counter(
+            "heimdall_registry_errors",
+            "Registry checks that failed (unreachable, or the alias not found)",
+            registry=registry,
+        )
+        self.shadow_distance_km = Histogram(
+            "heimdall_shadow_distance_km",
+            "Shadow mode: distance between the primary's and the candidate's positions, km",
+            buckets=_KM_BUCKETS,
+            registry=registry,
+        )
+        self.shadow_ellipse_level = Histogram(
+            "heimdall_shadow_ellipse_level",
+            "Shadow mode: smallest confidence level whose ellipse (of `ellipse`) holds the other's position",
+            ["ellipse"],
+            buckets=_LEVEL_BUCKETS,
+            registry=registry,
+        )
+        self.shadow_skipped = Counter(
+            "heimdall_shadow_skipped",
+            "Shadow comparisons skipped because as many were already running as a worker takes requests",
             registry=registry,
         )

@@ -5,18 +5,19 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from pydantic import TypeAdapter, ValidationError
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Route
 
 from heimdall.serving.errors import InputError, error_body
 from heimdall.serving.map_page import map_routes
 from heimdall.serving.schemas import ConfidenceLevel, Encoding
+from heimdall.serving.versions import Routing
 
 if TYPE_CHECKING:
     from heimdall.serving.pipeline import Pipeline
@@ -37,8 +38,8 @@ def _query(request: Request, name: str, adapter: TypeAdapter, default: Any, expe
         raise InputError(name, raw, expected, f"bad_{name}") from exc
 
 
-def ops_app(pipeline: Callable[[], Pipeline]) -> Starlette:
-    """Routes mounted under /v1. `pipeline` returns the worker's live Pipeline."""
+def ops_app(pipeline: Callable[[], Pipeline], extra: Sequence[BaseRoute] = ()) -> Starlette:
+    """Routes mounted under /v1, and `extra`. `pipeline` returns the worker's live Pipeline."""
 
     def refused(request: Request, exc: InputError) -> Response:
         pipeline().rejected(exc.reason)
@@ -55,8 +56,9 @@ def ops_app(pipeline: Callable[[], Pipeline]) -> Starlette:
             encoding = _query(request, "encoding", _encoding, "int16", "int16 or complex64")
             level = _query(request, "confidence_level", _level, 0.95, "a number strictly between 0 and 1")
             use_cache = _query(request, "use_cache", _flag, True, "true or false")
+            routing = Routing.from_headers(request.headers.get)
             prediction = await pipeline().predict_octets(
-                await request.body(), stations, encoding, level, use_cache
+                await request.body(), stations, encoding, level, use_cache, routing
             )
         except InputError as exc:
             return refused(request, exc)
@@ -67,5 +69,6 @@ def ops_app(pipeline: Callable[[], Pipeline]) -> Starlette:
             Route("/model", model_info, methods=["GET"]),
             Route("/predict/raw", predict_octets, methods=["POST"]),
             *map_routes(lambda: pipeline().settings),
+            *extra,
         ]
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from typing import Literal
 from urllib.parse import urlsplit
 
 import redis.asyncio
@@ -11,6 +12,10 @@ from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 _DB = re.compile(r"(/[0-9]*)?")
+MODEL_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[\w-]+)|/(?P<version>\d+))$")
+_MODEL_URI_EXPECTED = (
+    "models:/NAME@ALIAS or models:/NAME/VERSION (e.g. models:/heimdall-localizer@production)"
+)
 
 
 class Settings(BaseSettings):
@@ -76,6 +81,46 @@ class Settings(BaseSettings):
     map_tile_attribution: str = Field(
         "", max_length=200, description="credit line shown under the map's tiles (e.g. © OpenStreetMap)"
     )
+
+    model_uri: str | None = Field(
+        None,
+        description="registry model to follow, models:/NAME@ALIAS (MLflow at MLFLOW_TRACKING_URI); "
+        "unset = serve the Bento's model only",
+    )
+    registry_poll_s: float = Field(
+        30.0,
+        gt=0,
+        le=86_400,
+        description="how often each worker asks the registry where its aliases point, s",
+    )
+    candidate_uri: str | None = Field(
+        None, description="a second registry model served beside the primary, e.g. models:/NAME@candidate"
+    )
+    candidate_mode: Literal["canary", "shadow"] = Field(
+        "canary",
+        description="canary: the candidate answers `candidate_share` of clients; "
+        "shadow: the primary answers all, the candidate runs beside it for comparison",
+    )
+    candidate_share: float = Field(
+        0.1, ge=0, le=1, description="canary: share of client keys the candidate answers, 0..1"
+    )
+    admin_token: SecretStr | None = Field(
+        None, description="bearer token of the /v1/admin routes; unset = those routes are off (404)"
+    )
+
+    @field_validator("model_uri", "candidate_uri")
+    @classmethod
+    def _model_uri(cls, v: str | None) -> str | None:
+        if v is not None and not MODEL_URI.match(v):
+            raise ValueError(f"expected {_MODEL_URI_EXPECTED}")
+        return v
+
+    @field_validator("admin_token")
+    @classmethod
+    def _token(cls, v: SecretStr | None) -> SecretStr | None:
+        if v is not None and len(v.get_secret_value()) < 16:
+            raise ValueError("expected at least 16 characters (e.g. the output of `openssl rand -hex 24`)")
+        return v
 
     @field_validator("redis_url")
     @classmethod

@@ -1,0 +1,253 @@
+"""A running service follows a registry alias: promotion, rollback, refusals, admin routes.
+
+Real components: an `mlflow server` (SQLite backend) holds the versions, `bentoml serve`
+follows `models:/NAME@production`, and the aliases are moved as an ML engineer moves
+them (`heimdall alias`). The tiny test models answer differently per version (v2 is v1
+with its position weights doubled), so every answer shows which version made it.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import onnx
+import pytest
+from onnx import numpy_helper
+from support import Serve, wait_until
+from tiny_model import build_incompatible_model, build_tiny_model
+
+from heimdall.lifecycle.cli import main
+from heimdall.lifecycle.registry import import_model, register
+from heimdall.training.examples import example_captures, request_body
+
+pytestmark = pytest.mark.slow
+TOKEN = "lifecycle-test-token-" + uuid.uuid4().hex
+
+
+def _nan_weights(out_dir: Path) -> Path:
+    """A graph that loads and matches its contract but answers NaN: corrupt weights."""
+    build_tiny_model(out_dir)
+    model = onnx.load(out_dir / "model.onnx")
+    for init in model.graph.initializer:
+        if init.name == "w_mean":
+            nan = np.full_like(numpy_helper.to_array(init), np.nan)
+            init.CopyFrom(numpy_helper.from_array(nan, init.name))
+    onnx.save_model(model, out_dir / "model.onnx")
+    return out_dir
+
+
+@pytest.fixture(scope="module")
+def registry(mlflow_server: str, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """Versions 1 and 2 (good), 3 (incompatible contract), 4 (NaN weights) of one model; production -> 1."""
+    root = tmp_path_factory.mktemp("lifecycle-models")
+    name = f"heimdall-lc-{uuid.uuid4().hex[:8]}"
+    dirs = [
+        build_tiny_model(root / "v1"),
+        build_tiny_model(root / "v2", scale=2.0),
+        build_incompatible_model(root / "v3", "input_shape"),
+        _nan_weights(root / "v4"),
+    ]
+    for model_dir in dirs:
+        register(model_dir, name=name, alias="staging", tracking_uri=mlflow_server)
+    register(dirs[0], name=name, alias="production", tracking_uri=mlflow_server)
+    tag = str(import_model(f"models:/{name}/1", tracking_uri=mlflow_server).tag)
+    return {"name": name, "tag": tag, "tracking": mlflow_server}
+
+
+def _alias(registry: dict[str, str], version: int, alias: str = "production") -> None:
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MLFLOW_TRACKING_URI", registry["tracking"])
+        assert main(["alias", registry["name"], alias, str(version)]) == 0
+
+
+def _serve(registry: dict[str, str], log: Path, **env: str) -> Serve:
+    return Serve(
+        registry["tag"],
+        log,
+        extra_env={
+            "MLFLOW_TRACKING_URI": registry["tracking"],
+            "HEIMDALL_MODEL_URI": f"models:/{registry['name']}@production",
+            **env,
+        },
+    )
+
+
+def _body(i: int) -> dict:
+    """The example capture set, made distinct per `i` (its own cache key)."""
+    return request_body({s: iq + np.int16(i % 1000) for s, iq in example_captures().items()})
+
+
+def _registry_version(serve: Serve) -> str:
+    return httpx.get(f"{serve.url}/v1/model", timeout=10).json()["model"]["registry_version"]
+
+
+def _metric(serve: Serve, name: str, **labels: str) -> float:
+    text = httpx.get(f"{serve.url}/metrics", timeout=10).text
+    total = 0.0
+    for line in text.splitlines():
+        named = line.startswith(name + "{") or line.startswith(name + " ")
+        if named and all(f'{k}="{v}"' in line for k, v in labels.items()):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+class Traffic:
+    """Clients posting distinct capture sets until stopped; every status and answering version kept."""
+
+    def __init__(self, url: str, clients: int = 4) -> None:
+        self.url, self.stop = url, threading.Event()
+        self.answers: list[tuple[int, str]] = []  # (status, model_version or the body)
+        self.threads = [threading.Thread(target=self._run, args=(c,)) for c in range(clients)]
+        for t in self.threads:
+            t.start()
+
+    def _run(self, client: int) -> None:
+        with httpx.Client(timeout=30) as http:
+            i = client
+            while not self.stop.is_set():
+                r = http.post(f"{self.url}/predict", json={**_body(i), "use_cache": False})
+                self.answers.append((r.status_code, r.json()["model_version"] if r.is_success else r.text))
+                i += 7
+
+    def seen(self, version_prefix: str) -> bool:
+        return any(v.startswith(version_prefix) for _, v in self.answers[-20:])
+
+    def finish(self) -> list[tuple[int, str]]:
+        self.stop.set()
+        for t in self.threads:
+            t.join()
+        return self.answers
+
+
+@pytest.fixture(scope="module")
+def follower(registry, shared_redis_url, tmp_path_factory) -> Iterator[Serve]:
+    """One worker following production every 0.5 s, caching in Redis; no admin token."""
+    log = tmp_path_factory.mktemp("follow") / "serve.log"
+    serve = _serve(registry, log, HEIMDALL_REGISTRY_POLL_S="0.5", HEIMDALL_REDIS_URL=shared_redis_url)
+    yield serve
+    serve.stop()
+
+
+def test_promotion_and_rollback_under_load_fail_no_request(registry, follower):
+    assert _registry_version(follower) == "1"
+    swaps = _metric(follower, "heimdall_model_swaps_total", role="primary")
+    traffic = Traffic(follower.url)
+    try:
+        wait_until(lambda: len(traffic.answers) > 20, 60, "traffic on version 1")
+        _alias(registry, 2)
+        wait_until(lambda: traffic.seen("v2-"), 60, "answers from version 2")
+        assert _registry_version(follower) == "2"
+        _alias(registry, 1)  # roll back
+        wait_until(lambda: traffic.seen("v1-"), 60, "answers from version 1 again")
+    finally:
+        answers = traffic.finish()
+    statuses = Counter(status for status, _ in answers)
+    assert statuses == {200: len(answers)}, [a for a in answers if a[0] != 200][:3]
+    versions = [v.split("-")[0] for _, v in answers]
+    # one version after the other: v1 until the promotion, v2, then v1 again (requests of several
+    # clients interleave around each swap, so a few answers either side of it may still be the old one)
+    assert versions[0] == "v1" and versions[-1] == "v1" and "v2" in versions
+    assert _metric(follower, "heimdall_model_swaps_total", role="primary") == swaps + 2
+    assert _registry_version(follower) == "1"
+
+
+def test_no_answer_crosses_versions_through_the_cache(registry, follower):
+    body = _body(1000)
+    first = follower.predict(body).json()
+    again = follower.predict(body).json()
+    assert again["cached"] and again["model_version"] == first["model_version"]
+    _alias(registry, 2)
+    wait_until(lambda: _registry_version(follower) == "2", 60, "promotion to version 2")
+    on_v2 = follower.predict(body).json()
+    assert not on_v2["cached"] and on_v2["model_version"].startswith("v2-")
+    # v2 is v1 with doubled position weights: its own answer, not v1's from the cache
+    assert on_v2["east_m"] == pytest.approx(2 * first["east_m"], rel=1e-4)
+    _alias(registry, 1)
+    wait_until(lambda: _registry_version(follower) == "1", 60, "rollback to version 1")
+    back = follower.predict(body).json()  # v1's namespace again: its entry is still in Redis
+    assert back["cached"] and back["model_version"] == first["model_version"]
+    assert back["east_m"] == first["east_m"]
+
+
+@pytest.mark.parametrize(
+    ("version", "reason"),
+    [(3, r"input 'features' shape: expected \(batch, 7, 32, 31\)"), (4, "warm-up inference gave an invalid")],
+    ids=["incompatible_contract", "corrupt_weights"],
+)
+def test_broken_version_is_refused_and_the_old_keeps_serving(registry, follower, version, reason):
+    refusals = _metric(follower, "heimdall_model_refusals_total", role="primary")
+    _alias(registry, version)
+    try:
+        wait_until(
+            lambda: _metric(follower, "heimdall_model_refusals_total", role="primary") > refusals,
+            60,
+            f"refusal of version {version}",
+        )
+        answer = follower.predict(_body(2000 + version))
+        assert answer.status_code == 200 and answer.json()["model_version"].startswith("v1-")
+        info = httpx.get(f"{follower.url}/v1/model", timeout=10).json()
+        assert info["model"]["registry_version"] == "1"
+        refusal = info["registry"]["last_refusal"]
+        assert refusal["registry_version"] == str(version) and re.search(reason, refusal["reason"])
+        lines = [ln for ln in follower.log.read_text().splitlines() if f"(version {version})" in ln]
+        assert len(lines) == 1 and "refused primary" in lines[0] and "Traceback" not in lines[0], lines
+        time.sleep(2)  # four polls: refused once, not again at each while the alias stays there
+        assert _metric(follower, "heimdall_model_refusals_total", role="primary") == refusals + 1
+    finally:
+        _alias(registry, 1)
+
+
+def test_admin_routes_are_off_without_a_token(follower):
+    r = httpx.post(f"{follower.url}/v1/admin/reload", headers={"Authorization": f"Bearer {TOKEN}"})
+    assert r.status_code == 404 and r.json()["reason"] == "off"
+
+
+@pytest.fixture(scope="module")
+def admin(registry, tmp_path_factory) -> Iterator[Serve]:
+    """Two workers that never poll on their own: only POST /v1/admin/reload moves them."""
+    log = tmp_path_factory.mktemp("admin") / "serve.log"
+    serve = _serve(
+        registry, log, HEIMDALL_REGISTRY_POLL_S="86400", HEIMDALL_ADMIN_TOKEN=TOKEN, HEIMDALL_WORKERS="2"
+    )
+    yield serve
+    serve.stop()
+
+
+def test_admin_reload_needs_the_token_and_moves_every_worker(registry, admin):
+    url = f"{admin.url}/v1/admin/reload"
+    missing = httpx.post(url)
+    assert missing.status_code == 401 and missing.headers["www-authenticate"] == "Bearer"
+    wrong = httpx.post(url, headers={"Authorization": "Bearer " + "x" * len(TOKEN)})
+    assert wrong.status_code == 403 and wrong.json()["reason"] == "forbidden"
+    basic = httpx.post(url, headers={"Authorization": f"Basic {TOKEN}"})
+    assert basic.status_code == 401
+    for refused in (missing, wrong, basic):
+        assert TOKEN not in refused.text
+    _alias(registry, 2)
+    try:
+        assert {_registry_version(admin) for _ in range(10)} == {"1"}  # nobody polls
+        ok = httpx.post(url, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=60)
+        assert ok.status_code == 200, ok.text
+        assert ok.json()["models"][0]["registry_version"] == "2"
+
+        # the other worker checks within its signal tick; with keep-alive off, connections spread
+        def both_moved() -> bool:
+            pids = {}
+            for _ in range(20):
+                info = httpx.get(f"{admin.url}/v1/model", timeout=10).json()
+                pids[info["worker_pid"]] = info["model"]["registry_version"]
+            return len(pids) == 2 and set(pids.values()) == {"2"}
+
+        wait_until(both_moved, 30, "both workers on version 2")
+        info = httpx.get(f"{admin.url}/v1/model", timeout=10).text
+        assert TOKEN not in info and TOKEN not in admin.log.read_text()
+    finally:
+        _alias(registry, 1)
