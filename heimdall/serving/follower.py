@@ -24,16 +24,19 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
 
 import bentoml
 
 from heimdall.contract.servable import ModelNotServable
 from heimdall.serving.metrics import Metrics
 from heimdall.serving.pipeline import Pipeline
-from heimdall.serving.registry import NotInRegistry, RegistryError, RegistryRef, import_model, resolve
 from heimdall.serving.settings import Settings
 from heimdall.serving.versions import LoadedModel, Role, Roster
+
+if TYPE_CHECKING:
+    from heimdall.serving.registry import RegistryError, RegistryRef
 
 log = logging.getLogger(__name__)
 _SIGNAL_TICK_S = 0.5
@@ -67,10 +70,15 @@ class Follower:
         self._open = open_model
         self._grace_s = grace_s  # retired versions' caches close once requests that read them are done
         self._refs: dict[Role, RegistryRef] = {}
-        if settings.model_uri:
-            self._refs["primary"] = RegistryRef.parse(settings.model_uri)
-        if settings.candidate_uri:
-            self._refs["candidate"] = RegistryRef.parse(settings.candidate_uri)
+        self._registry: ModuleType | None = None
+        if settings.model_uri or settings.candidate_uri:
+            # MLflow's client takes seconds to import: only workers that follow a registry pay for it
+            from heimdall.serving import registry
+
+            self._registry = registry
+            for role, uri in (("primary", settings.model_uri), ("candidate", settings.candidate_uri)):
+                if uri:
+                    self._refs[role] = registry.RegistryRef.parse(uri)
         self._refused: dict[Role, str] = {}  # registry version refused, per role, until the alias moves
         self._reachable = True
         self._lock = asyncio.Lock()
@@ -140,12 +148,14 @@ class Follower:
     def _prepare(self) -> dict[Role, _Outcome]:
         """Runs in a thread: resolve, then import, open and warm up what is new."""
         outcomes: dict[Role, _Outcome] = {}
-        roster = self.pipeline.roster
+        roster, registry = self.pipeline.roster, self._registry
+        if registry is None:  # not following
+            return outcomes
         for role, ref in self._refs.items():
             current = self._current(role)
             try:
-                version = resolve(ref)
-            except NotInRegistry as exc:
+                version = registry.resolve(ref)
+            except registry.NotInRegistry as exc:
                 self._reached()
                 if role == "candidate":
                     if current is not None:  # the alias was removed: the canary is over
@@ -154,7 +164,7 @@ class Follower:
                     self._refused[role] = ""
                     self._refuse(role, ref, "", str(exc))
                 continue
-            except RegistryError as exc:
+            except registry.RegistryError as exc:
                 self._unreachable(exc)
                 return outcomes
             self._reached()
@@ -169,8 +179,8 @@ class Follower:
                 outcomes[role] = _Outcome(held, changed=True)
                 continue
             try:
-                model = self._open(import_model(str(ref), version=version))
-            except RegistryError as exc:  # went away mid-download: try again at the next check
+                model = self._open(registry.import_model(str(ref), version=version))
+            except registry.RegistryError as exc:  # went away mid-download: try again at the next check
                 self._unreachable(exc)
                 return outcomes
             except Exception as exc:
