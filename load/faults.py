@@ -4,10 +4,12 @@
     python load/faults.py overload  # offered load at 3x the saturation rate, then recovery
     python load/faults.py soak      # 10 minutes at half the saturation rate: errors, memory
     python load/faults.py flood     # maximum-size requests from many clients: worker memory
+    python load/faults.py lifecycle # the registry alias moved to a new version and back under the SLA load
 
 Each starts `bentoml serve service:Heimdall` (2 workers; the model must be in the store:
-`make model`) and a private redis-server, prints its figures and a verdict, and exits 0
-when the verdict holds. Locust reports and per-request timelines go to load/reports/.
+`make model`) and a private redis-server (`lifecycle` also a private `mlflow server`),
+prints its figures and a verdict, and exits 0 when the verdict holds. Locust reports and
+per-request timelines go to load/reports/.
 """
 
 from __future__ import annotations
@@ -17,12 +19,14 @@ import contextlib
 import http.client
 import json
 import random
+import shutil
 import statistics
 import subprocess
 import sys
 import threading
 import time
 import urllib.request
+from collections import Counter
 from contextlib import ExitStack
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -315,6 +319,155 @@ def flood(args) -> bool:
     return ok
 
 
+class VersionProbe:
+    """A fresh capture set every `interval` s on one keep-alive connection: (time, status, version)."""
+
+    def __init__(self, url: str, interval: float) -> None:
+        self.probe, self.interval = Probe(url), interval
+        self.answers: list[tuple[float, int, str]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        p = self.probe
+        conn = http.client.HTTPConnection(p.host, p.port, timeout=30)
+        while not self._stop.wait(self.interval):
+            captures = {s: iq.copy() for s, iq in p.captures.items()}
+            next(iter(captures.values()))[:4] = [p.rng.randrange(-2000, 2000) for _ in range(4)]
+            body = json.dumps(request_body(captures)).encode()
+            try:
+                conn.request("POST", "/predict", body, {"content-type": "application/json"})
+                answer = conn.getresponse()
+                data = answer.read()
+                version = json.loads(data)["model_version"] if answer.status == 200 else ""
+                self.answers.append((time.time(), answer.status, version))
+            except OSError:
+                self.answers.append((time.time(), 0, ""))
+                conn.close()
+                conn = http.client.HTTPConnection(p.host, p.port, timeout=30)
+        conn.close()
+
+    def stop(self) -> list[tuple[float, int, str]]:
+        self._stop.set()
+        self._thread.join()
+        return self.answers
+
+
+def _mlflow_server(stack: ExitStack) -> str:
+    """A private `mlflow server` (SQLite backend, artifacts proxied) under load/reports/mlflow/."""
+    from harness import free_port, process, wait
+
+    root = REPORTS / "mlflow"
+    shutil.rmtree(root, ignore_errors=True)
+    root.mkdir(parents=True)
+    port = free_port()
+    command = [str(Path(sys.executable).parent / "mlflow"), "server", "--host", "127.0.0.1",
+               "--port", str(port), "--workers", "1",
+               "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
+               "--artifacts-destination", str(root / "artifacts")]  # fmt: skip
+    stack.enter_context(process(command, root / "server.log", cwd=ROOT))
+    url = f"http://127.0.0.1:{port}"
+
+    def up() -> bool:
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=2) as r:
+                return r.status == 200
+        except OSError:
+            return False
+
+    wait(up, 120, "mlflow server")
+    return url
+
+
+def _second_version(out: Path) -> Path:
+    """The reference model again with another doc string: a new registry version that answers the
+    same, so the run measures the swap and not a different model's cost."""
+    import onnx
+
+    shutil.copytree(ROOT / "heimdall" / "reference", out, dirs_exist_ok=True)
+    graph = onnx.load(out / "model.onnx")
+    graph.doc_string = "heimdall reference model, registered again for load/faults.py lifecycle"
+    onnx.save_model(graph, out / "model.onnx")
+    return out
+
+
+def _version_shares(answers: list[tuple[float, int, str]], start: float, step: float) -> list[str]:
+    """Per `step`-second window from `start`: each version's share of the probe's answers."""
+    lines, t = [], start
+    while t < answers[-1][0]:
+        window = Counter(v.split("-")[0] for at, status, v in answers if t <= at < t + step and status == 200)
+        total = sum(window.values())
+        shares = (
+            "  ".join(f"{v} {n / total:.2f}" for v, n in sorted(window.items())) if total else "no answers"
+        )
+        lines.append(f"    +{t - start:5.1f} s  {shares}")
+        t += step
+    return lines
+
+
+def lifecycle(args) -> bool:
+    """The SLA load while the production alias moves to a new registry version, then back."""
+    import tempfile
+
+    from heimdall.lifecycle.registry import import_model, register, set_alias
+
+    with ExitStack() as stack:
+        tracking = _mlflow_server(stack)
+        name = "heimdall-lifecycle-run"
+        first = register(
+            ROOT / "heimdall" / "reference", name=name, alias="production", tracking_uri=tracking
+        )
+        second_dir = _second_version(Path(stack.enter_context(tempfile.TemporaryDirectory())))
+        second = register(second_dir, name=name, alias="next", tracking_uri=tracking)
+        tag = str(import_model(f"models:/{name}/{first.version}", tracking_uri=tracking).tag)
+        service = Service(
+            stack,
+            2,
+            Redis(stack).url,
+            HEIMDALL_MODEL_TAG=tag,
+            HEIMDALL_MODEL_URI=f"models:/{name}@production",
+            HEIMDALL_REGISTRY_POLL_S=str(args.poll_s),
+            MLFLOW_TRACKING_URI=tracking,
+        )
+        proc, path = _locust(service.url, "faults-lifecycle", args.users, args.seconds, [])
+        probe = VersionProbe(service.url, args.probe_s)
+        start = time.time() + WARMUP
+        time.sleep(WARMUP + args.move_at)
+        moved = time.time()
+        set_alias(name, "production", second.version, tracking_uri=tracking)
+        print(f"faults: production -> version {second.version} at +{args.move_at:g} s", file=sys.stderr)
+        time.sleep(args.back_after)
+        back = time.time()
+        set_alias(name, "production", first.version, tracking_uri=tracking)
+        print(f"faults: production -> version {first.version} (rollback)", file=sys.stderr)
+        proc.wait()
+        answers = probe.stop()
+    rows = [r for r in _timeline(path) if r[0] >= start]
+    failures = sum(r[3] != 200 for r in rows) + sum(status != 200 for _, status, _ in answers)
+    p95 = _p95([r[1] for r in rows])
+    new, old = f"v{second.version}-", f"v{first.version}-"
+    to_new = next((t - moved for t, s, v in answers if t >= moved and v.startswith(new)), None)
+    to_old = next((t - back for t, s, v in answers if t >= back and v.startswith(old)), None)
+    # the last answer of the version that was left: answers after it come from the new one only
+    last_new = max((t for t, _, v in answers if v.startswith(new)), default=back) - back
+    print(
+        f"  load: {len(rows)} requests, {args.users} users, failures {failures}, {_q([r[1] for r in rows])}"
+    )
+    print(f"  probe: {len(answers)} answers, one every {args.probe_s:g} s; share of answers by version:")
+    print("\n".join(_version_shares(answers, start, args.window_s)))
+    shown = {k: f"{v:.2f} s" if v is not None else "never" for k, v in (("new", to_new), ("old", to_old))}
+    ok = failures == 0 and p95 < args.sla_p95_ms and to_new is not None and to_old is not None
+    print(
+        f"faults lifecycle: {'PASS' if ok else 'FAIL'}  failures {failures}; "
+        f"P95 {p95:.0f} ms < {args.sla_p95_ms:g} ms; "
+        f"alias move -> first answer from version {second.version}: {shown['new']}, "
+        f"rollback -> first from version {first.version}: {shown['old']} (last from {second.version} "
+        f"{last_new:.2f} s after it; poll every {args.poll_s:g} s)"
+    )
+    return ok
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="run", required=True)
@@ -345,9 +498,19 @@ def main() -> int:
     f = sub.add_parser("flood", help="maximum-size requests from many clients")
     f.add_argument("--clients", type=int, default=64, help="more than max_in_flight x workers")
     f.add_argument("--seconds", type=float, default=30)
+    c = sub.add_parser("lifecycle", help="the registry alias moved to a new version and back under load")
+    c.add_argument("--users", type=int, default=100)
+    c.add_argument("--seconds", type=float, default=60, help="measured seconds")
+    c.add_argument("--move-at", type=float, default=15, help="seconds into the measured run")
+    c.add_argument("--back-after", type=float, default=20, help="seconds on the new version")
+    c.add_argument("--poll-s", type=float, default=1.0, help="HEIMDALL_REGISTRY_POLL_S of the service")
+    c.add_argument("--probe-s", type=float, default=0.05, help="seconds between the version probe's requests")
+    c.add_argument("--window-s", type=float, default=5, help="window of the per-version shares")
+    c.add_argument("--sla-p95-ms", type=float, default=500.0)
     args = p.parse_args()
     REPORTS.mkdir(parents=True, exist_ok=True)
-    run = {"redis": redis_outage, "overload": overload, "soak": soak, "flood": flood}[args.run]
+    runs = {"redis": redis_outage, "overload": overload, "soak": soak, "flood": flood, "lifecycle": lifecycle}
+    run = runs[args.run]
     return 0 if run(args) else 1
 
 

@@ -21,7 +21,7 @@ import numpy as np
 import onnx
 import pytest
 from onnx import numpy_helper
-from support import Serve, wait_until
+from support import Serve, free_port, wait_until
 from tiny_model import build_incompatible_model, build_tiny_model
 
 from heimdall.lifecycle.cli import main
@@ -259,3 +259,109 @@ def test_admin_reload_needs_the_token_and_moves_every_worker(registry, admin):
         assert TOKEN not in info and TOKEN not in admin.log.read_text()
     finally:
         _alias(registry, 1)
+
+
+# ---------------------------------------------------------------- candidate: canary and shadow
+
+SHARE = 0.3
+
+
+def _candidate(registry, tmp_path_factory, mode: str) -> Iterator[Serve]:
+    _alias(registry, 2, "candidate")
+    log = tmp_path_factory.mktemp(mode) / "serve.log"
+    serve = _serve(
+        registry,
+        log,
+        HEIMDALL_CANDIDATE_URI=f"models:/{registry['name']}@candidate",
+        HEIMDALL_CANDIDATE_MODE=mode,
+        HEIMDALL_CANDIDATE_SHARE=str(SHARE),
+    )
+    yield serve
+    serve.stop()
+
+
+@pytest.fixture(scope="module")
+def canary(registry, tmp_path_factory) -> Iterator[Serve]:
+    yield from _candidate(registry, tmp_path_factory, "canary")
+
+
+@pytest.fixture(scope="module")
+def shadow(registry, tmp_path_factory) -> Iterator[Serve]:
+    yield from _candidate(registry, tmp_path_factory, "shadow")
+
+
+def _version(serve: Serve, body: dict, **headers: str) -> str:
+    r = httpx.post(f"{serve.url}/predict", json=body, headers=headers, timeout=30)
+    assert r.status_code == 200, r.text
+    return r.json()["model_version"].split("-")[0]
+
+
+def test_canary_splits_clients_near_the_share_and_keeps_each_on_one_version(canary):
+    info = httpx.get(f"{canary.url}/v1/model", timeout=10).json()
+    roles = [(m["role"], m["registry_version"]) for m in info["models"]]
+    assert roles == [("primary", "1"), ("candidate", "2")]
+    assert info["candidate"] == {"mode": "canary", "share": SHARE}
+    clients = 400
+    first = {i: _version(canary, _body(i), **{"Heimdall-Client-Key": f"client-{i}"}) for i in range(clients)}
+    share = sum(v == "v2" for v in first.values()) / clients
+    # 400 keys: one standard deviation of the share is 2.3 points; the split is a hash, not a draw
+    assert abs(share - SHARE) < 0.07, share
+    for i in range(0, clients, 8):  # the same client with another capture set: the same version
+        assert _version(canary, _body(i + 500), **{"Heimdall-Client-Key": f"client-{i}"}) == first[i]
+    # no key: the capture set decides, the same one always the same way
+    assert len({_version(canary, _body(77)) for _ in range(5)}) == 1
+    predicted = _metric(canary, "heimdall_model_predictions_total", role="candidate")
+    assert predicted >= sum(v == "v2" for v in first.values())
+
+
+def test_a_request_may_pin_a_loaded_version(canary):
+    body = _body(3)
+    assert _version(canary, body, **{"Heimdall-Model-Version": "2"}) == "v2"
+    assert _version(canary, body, **{"Heimdall-Model-Version": "1"}) == "v1"
+    r = httpx.post(f"{canary.url}/predict", json=body, headers={"Heimdall-Model-Version": "9"}, timeout=30)
+    assert r.status_code == 400 and r.json()["field"] == "Heimdall-Model-Version", r.text
+
+
+def test_shadow_never_changes_the_primary_answer_and_records_disagreement(registry, canary, shadow):
+    bodies = [_body(3000 + i) for i in range(40)]
+    pin = {"Heimdall-Model-Version": "1"}
+    pinned = [httpx.post(f"{canary.url}/predict", json=b, headers=pin, timeout=30).json() for b in bodies]
+    before = _metric(shadow, "heimdall_shadow_distance_km_count")
+    answers = [shadow.predict(b).json() for b in bodies]
+    assert {a["model_version"] for a in answers} == {pinned[0]["model_version"]}
+    for got, want in zip(answers, pinned, strict=True):
+        assert (got["east_m"], got["north_m"]) == (want["east_m"], want["north_m"])
+    def compared() -> bool:
+        return _metric(shadow, "heimdall_shadow_distance_km_count") == before + len(bodies)
+
+    wait_until(compared, 30, "the shadow comparisons")
+    # v2 places every transmitter at twice v1's offset from the reference point, so the two
+    # answers are |v1's offset| apart
+    expected_km = sum(np.hypot(a["east_m"], a["north_m"]) / 1e3 for a in answers)
+    assert _metric(shadow, "heimdall_shadow_distance_km_sum") == pytest.approx(expected_km, rel=1e-3)
+    for ellipse in ("primary", "candidate"):
+        count = _metric(shadow, "heimdall_shadow_ellipse_level_count", ellipse=ellipse)
+        assert count == len(bodies)
+
+
+def test_registry_down_keeps_serving_and_says_so_once(registry, tmp_path):
+    dead = f"http://127.0.0.1:{free_port()}"
+    serve = Serve(
+        registry["tag"],
+        tmp_path / "serve.log",
+        extra_env={
+            "MLFLOW_TRACKING_URI": dead,
+            "HEIMDALL_MODEL_URI": f"models:/{registry['name']}@production",
+            "HEIMDALL_REGISTRY_POLL_S": "0.5",
+        },
+    )
+    try:
+        wait_until(lambda: _metric(serve, "heimdall_registry_errors_total") >= 3, 60, "three failed checks")
+        r = serve.predict(_body(1))
+        assert r.status_code == 200 and r.json()["model_version"] == registry["tag"].split(":")[1]
+        info = httpx.get(f"{serve.url}/v1/model", timeout=10).json()
+        assert info["registry"]["reachable"] is False
+        lines = [ln for ln in serve.log.read_text().splitlines() if "unreachable" in ln]
+        assert len(lines) == 1 and dead in lines[0], lines
+    finally:
+        serve.stop()
