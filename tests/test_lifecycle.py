@@ -331,6 +331,7 @@ def test_shadow_never_changes_the_primary_answer_and_records_disagreement(regist
     assert {a["model_version"] for a in answers} == {pinned[0]["model_version"]}
     for got, want in zip(answers, pinned, strict=True):
         assert (got["east_m"], got["north_m"]) == (want["east_m"], want["north_m"])
+
     def compared() -> bool:
         return _metric(shadow, "heimdall_shadow_distance_km_count") == before + len(bodies)
 

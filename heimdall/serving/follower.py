@@ -76,7 +76,11 @@ class Follower:
             from heimdall.serving import registry
 
             self._registry = registry
-            for role, uri in (("primary", settings.model_uri), ("candidate", settings.candidate_uri)):
+            uris: dict[Role, str | None] = {
+                "primary": settings.model_uri,
+                "candidate": settings.candidate_uri,
+            }
+            for role, uri in uris.items():
                 if uri:
                     self._refs[role] = registry.RegistryRef.parse(uri)
         self._refused: dict[Role, str] = {}  # registry version refused, per role, until the alias moves

@@ -4,6 +4,7 @@ inference) -> postprocess. Shadow mode runs the candidate after the answer is se
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
@@ -22,7 +23,7 @@ from heimdall.serving.postprocess import describe
 from heimdall.serving.schemas import BatchItem, BatchPrediction, Capture, CaptureSetIn, ItemError, Prediction
 from heimdall.serving.settings import Settings
 from heimdall.serving.shadow import disagreement
-from heimdall.serving.versions import NO_ROUTING, LoadedModel, Roster, Routing, Row
+from heimdall.serving.versions import NO_ROUTING, LoadedModel, Roster, Routing, Row, ServedModel
 
 # A row (a version and one capture set, station id -> complex64 IQ) to its (5,) model output;
 # preprocesses off the loop.
@@ -44,12 +45,17 @@ class Pipeline:
         self.requests: Counter[str] = Counter()  # this worker's answers by source, and refusals
         self.registry_state: dict[str, Any] = {}  # what the registry follower reports, for /v1/model
 
+    @property
+    def model(self) -> ServedModel:
+        """The primary version, as imported."""
+        return self.roster.primary.served
+
     def swap(self, roster: Roster) -> list[LoadedModel]:
         """Serve from `roster` from the next request on; return the versions it no longer holds.
         Requests that started earlier finish on the roster they read."""
         for model in roster.models():
             if model not in self._estimators:
-                self._estimators[model] = model.cache.memoize(lambda c, m=model: self._run_model(m, c))
+                self._estimators[model] = model.cache.memoize(functools.partial(self._run_model, model))
         retired = [m for m in self.roster.models() if m not in roster.models()]
         self.roster = roster
         for model in retired:
@@ -59,7 +65,7 @@ class Pipeline:
     def _estimate(self, model: LoadedModel) -> Estimate:
         # A request that read the roster before a swap may name a version that just left it.
         found = self._estimators.get(model)
-        return found or model.cache.memoize(lambda c: self._run_model(model, c))
+        return found or model.cache.memoize(functools.partial(self._run_model, model))
 
     async def _run_model(self, model: LoadedModel, capture: CaptureSet) -> ModelOutput:
         return ModelOutput(*(float(v) for v in await self._infer((model, capture.iq))))

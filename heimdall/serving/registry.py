@@ -123,8 +123,8 @@ def client(uri: str) -> MlflowClient:
 @mlflow_errors
 def resolve(ref: RegistryRef, tracking_uri: str | None = None) -> str:
     """The registry version `ref` names now (one registry call for an alias)."""
-    if ref.version:
-        return ref.version
+    if ref.alias is None:
+        return str(ref.version)
     tracking = resolve_tracking_uri(tracking_uri)
     mlflow_client = client(tracking)  # RegistryError when unreachable
     try:
@@ -181,10 +181,10 @@ def import_model(
     tracking = resolve_tracking_uri(tracking_uri)
     mlflow_client = client(tracking)
     try:
-        if version or ref.version:
-            mv = mlflow_client.get_model_version(ref.name, version or ref.version)
+        if pinned := version or ref.version:
+            mv = mlflow_client.get_model_version(ref.name, pinned)
         else:
-            mv = mlflow_client.get_model_version_by_alias(ref.name, ref.alias)
+            mv = mlflow_client.get_model_version_by_alias(ref.name, str(ref.alias))  # parse: one is set
     except MlflowException as exc:
         raise NotInRegistry(f"{uri}: not found in {public_uri(tracking)} ({exc.message})") from None
     with tempfile.TemporaryDirectory(prefix="heimdall-import-") as tmp, _import_lock(_bento_name(ref.name)):

@@ -112,7 +112,7 @@ def open_model(stored: bentoml.Model, settings: Settings, metrics: Metrics) -> L
     features.warm_up()
     served = ServedModel(
         name=stored.tag.name,
-        version=stored.tag.version,
+        version=str(stored.tag.version),  # a stored model's tag always has one
         contract=contract,
         labels=dict(stored.info.labels),
         load_seconds=time.perf_counter() - start,
