@@ -4,8 +4,9 @@ Prints, for each run: seconds from `<engine> run` to the first 200 from /readyz 
 loaded and its warm-up inference valid in every worker), then the median, and the image's
 size as the engine reports it. Each container is removed by id afterwards.
 
-Usage: python load/startup.py [--image heimdall:VERSION] [--runs 3] [--engine podman]
-Default image: the newest localhost/heimdall:* (`make release` builds one).
+Usage: python load/startup.py [--image heimdall:VERSION] [--runs 3] [--workers N] [--engine podman]
+Default image: the newest localhost/heimdall:* (`make release` builds one), with its own
+HEIMDALL_WORKERS (2) unless --workers is given (deploy/kubernetes runs 1 per pod).
 """
 
 from __future__ import annotations
@@ -43,11 +44,11 @@ def ready(url: str) -> bool:
         return False
 
 
-def time_to_ready(engine: str, image: str, timeout: float) -> float:
+def time_to_ready(engine: str, image: str, timeout: float, env: list[str]) -> float:
     port = free_port()
     start = time.monotonic()
     container = subprocess.run(
-        [engine, "run", "--detach", "--publish", f"127.0.0.1:{port}:3000", image],
+        [engine, "run", "--detach", "--publish", f"127.0.0.1:{port}:3000", *env, image],
         check=True,
         capture_output=True,
         text=True,
@@ -68,6 +69,7 @@ def main() -> None:
     parser.add_argument("--image", help="default: the newest localhost/heimdall:*")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--timeout", type=float, default=300, help="seconds to wait for /readyz")
+    parser.add_argument("--workers", type=int, help="HEIMDALL_WORKERS (default: the image's)")
     args = parser.parse_args()
     image = args.image or newest_image(args.engine)
     size = subprocess.run(
@@ -76,11 +78,15 @@ def main() -> None:
         capture_output=True,
         text=True,
     ).stdout.strip()
-    print(f"image {image}: {int(size) / 1e9:.2f} GB ({int(size) / 2**30:.2f} GiB)", flush=True)
+    print(f"image {image}: {int(size):,} bytes = {int(size) / 1e9:.4f} GB", flush=True)
+    env = ["--env", f"HEIMDALL_WORKERS={args.workers}"] if args.workers else []
+    workers = f"{args.workers} worker(s)" if args.workers else "the image's workers"
     times = []
     for run in range(1, args.runs + 1):
-        times.append(time_to_ready(args.engine, image, args.timeout))
-        print(f"run {run}/{args.runs}: `{args.engine} run` to ready {times[-1]:.1f} s", flush=True)
+        times.append(time_to_ready(args.engine, image, args.timeout, env))
+        print(
+            f"run {run}/{args.runs} ({workers}): `{args.engine} run` to ready {times[-1]:.1f} s", flush=True
+        )
     print(f"median `{args.engine} run` to ready: {statistics.median(times):.1f} s over {len(times)} runs")
 
 
