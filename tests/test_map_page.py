@@ -9,8 +9,11 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import shutil
+import threading
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
@@ -19,7 +22,7 @@ from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import Select, WebDriverWait
-from support import Serve
+from support import Serve, free_port
 
 from heimdall.serving.map_page import content_security_policy
 from heimdall.training.examples import example_captures, request_body
@@ -195,6 +198,71 @@ def test_page_and_assets_carry_a_strict_policy(serve):
     unknown = httpx.get(f"{serve.url}/v1/map/settings.py")
     assert unknown.status_code == 404
     assert set(unknown.json()) == {"error", "field", "received", "expected", "reason"}
+
+
+class _TileServer(BaseHTTPRequestHandler):
+    """Answers /{z}/{x}/{y}.svg with a plain tile and remembers what was asked."""
+
+    requested: list[str] = []
+    TILE = (
+        b'<svg xmlns="http://www.w3.org/2000/svg" width="256" height="256">'
+        b'<rect width="256" height="256" fill="#dfe8d8" stroke="#9ab"/></svg>'
+    )
+
+    def do_GET(self) -> None:
+        self.requested.append(self.path)
+        self.send_response(200)
+        self.send_header("Content-Type", "image/svg+xml")
+        self.send_header("Content-Length", str(len(self.TILE)))
+        self.end_headers()
+        self.wfile.write(self.TILE)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_tiles_come_from_the_configured_server_only(reference_tag, browser, tmp_path):
+    tiles = ThreadingHTTPServer(("127.0.0.1", free_port()), _TileServer)
+    threading.Thread(target=tiles.serve_forever, daemon=True).start()
+    origin = f"http://127.0.0.1:{tiles.server_port}"
+    env = {
+        "HEIMDALL_MAP_TILE_URL": origin + "/{z}/{x}/{y}.svg",
+        "HEIMDALL_MAP_TILE_ATTRIBUTION": "test tiles",
+    }
+    serve = Serve(reference_tag, tmp_path / "serve.log", extra_env=env)
+    try:
+        page = httpx.get(f"{serve.url}/v1/map")
+        assert f"img-src 'self' {origin};" in page.headers["content-security-policy"]
+        for log in ("performance", "browser"):  # what earlier pages left
+            browser.get_log(log)
+        browser.get(f"{serve.url}/v1/map")
+        _wait_for(browser, "drawn")
+        assert browser.find_element(By.ID, "attribution").text == "test tiles"
+        assert not browser.find_elements(By.CSS_SELECTOR, "#map .graticule")
+        images = browser.find_elements(By.CSS_SELECTOR, "#map .tiles image")
+        assert images
+        svg = browser.find_element(By.ID, "map")
+        view = {k: float(svg.get_attribute(f"data-{k}")) for k in ("x0", "y0", "scale")}
+        for image in images:
+            z, x, y = map(
+                int, re.fullmatch(rf"{origin}/(\d+)/(\d+)/(\d+)\.svg", image.get_attribute("href")).groups()
+            )
+            # each tile sits where its top-left corner projects
+            corner = (
+                view["scale"] * (x * WORLD / 2**z - view["x0"]),
+                view["scale"] * (y * WORLD / 2**z - view["y0"]),
+            )
+            assert (float(image.get_attribute("x")), float(image.get_attribute("y"))) == pytest.approx(corner)
+        WebDriverWait(browser, 10).until(lambda _: len(set(_TileServer.requested)) >= len(images))
+        assert {f"/{h.split('/', 3)[3]}" for h in (i.get_attribute("href") for i in images)} <= set(
+            _TileServer.requested
+        )
+        severe = [e["message"] for e in browser.get_log("browser") if e["level"] == "SEVERE"]
+        assert not severe, severe
+    finally:
+        serve.stop()
+        tiles.shutdown()
+        tiles.server_close()
 
 
 def test_tile_server_is_the_only_other_origin():
