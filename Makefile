@@ -43,6 +43,11 @@ map-screenshot: $(VENV)/.installed browser
 bench: model
 	$(BIN)/python load/bench.py
 
+# The service against plain FastAPI and LitServe apps doing the same work (issue 16).
+compare: model
+	$(BIN)/pip install --quiet -e '.[dev,bench]'
+	$(BIN)/python load/compare.py
+
 # Registry model -> versioned Bento -> image, built on BASE_IMAGE whenever docker or podman can
 # run it (`make base-image` builds the default here; BASE_IMAGE= uses BentoML's python:3.11-slim).
 BASE_IMAGE ?= localhost/heimdall-base:bookworm
