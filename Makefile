@@ -6,7 +6,7 @@ MODEL  ?= models:/heimdall-localizer@production
 PORT   ?= 3000
 export BENTOML_DO_NOT_TRACK := true
 
-.PHONY: serve test lint model bench load build release podman base-image browser map-screenshot clean
+.PHONY: serve test lint model bench compare load build release podman base-image browser map-screenshot clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
