@@ -217,12 +217,12 @@ JSON = {"content-type": "application/json"}
 
 
 def _predict_counts(url: str) -> tuple[float, float]:
-    """(/predict requests in progress, /predict requests answered) from BentoML's metrics."""
+    """(/predict requests in progress, /predict requests answered) from the service's metrics."""
     in_progress = answered = 0.0
     for line in httpx.get(f"{url}/metrics", timeout=10).text.splitlines():
-        if line.startswith('bentoml_service_request_in_progress{endpoint="/predict",'):
+        if line.startswith('heimdall_requests_in_progress{endpoint="/predict"'):
             in_progress += float(line.split()[-1])
-        elif line.startswith('bentoml_service_request_total{endpoint="/predict",'):
+        elif line.startswith('heimdall_requests_total{endpoint="/predict",'):
             answered += float(line.split()[-1])
     return in_progress, answered
 

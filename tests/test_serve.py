@@ -73,6 +73,8 @@ def test_concurrent_requests_are_batched_and_each_gets_its_answer(redis_and_serv
         "heimdall_preprocess_seconds_count",
         "heimdall_inference_seconds_count",
         'heimdall_cache_requests_total{outcome="bypass"}',
+        'heimdall_requests_total{endpoint="/predict",status="200"}',
+        'heimdall_request_seconds_count{endpoint="/predict/batch"}',
     ):
         assert name in metrics
 

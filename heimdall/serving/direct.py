@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
@@ -80,6 +81,19 @@ class DirectRoutes:
         return _outputs.dump_json(await self._infer_batched(rows))
 
     def _guarded(self, model: type[BaseModel], run: Callable[[Any, Routing], Awaitable[bytes]]) -> Handler:
+        async def measured(scope: dict, body: bytes) -> Answer:
+            metrics, endpoint = self._pipeline().metrics, scope["path"]
+            in_progress = metrics.requests_in_progress.labels(endpoint)
+            in_progress.inc()
+            start = time.perf_counter()
+            try:
+                status, payload = await handle(scope, body)
+            finally:
+                in_progress.dec()
+            metrics.request_seconds.labels(endpoint).observe(time.perf_counter() - start)
+            metrics.requests.labels(endpoint, str(status)).inc()
+            return status, payload
+
         async def handle(scope: dict, body: bytes) -> Answer:
             if (media_type := _media_type(scope)) not in _JSON_TYPES:
                 return self._refused(
@@ -94,7 +108,7 @@ class DirectRoutes:
             except InputError as exc:
                 return self._refused(scope, 400, exc)
 
-        return handle
+        return measured
 
     def _refused(self, scope: dict, status: int, exc: InputError) -> Answer:
         self._on_reject(exc.reason)

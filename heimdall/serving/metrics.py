@@ -54,6 +54,28 @@ class Metrics:
             ["reason"],
             registry=registry,
         )
+        # The routes the front door answers (heimdall/serving/direct.py) bypass BentoML's own
+        # request metrics (bentoml_service_request_*), so they have their own.
+        self.requests_in_progress = Gauge(
+            "heimdall_requests_in_progress",
+            "Requests being answered by the front door's routes, by endpoint",
+            ["endpoint"],
+            multiprocess_mode="livesum",
+            registry=registry,
+        )
+        self.requests = Counter(
+            "heimdall_requests",
+            "Requests answered by the front door's routes, by endpoint and HTTP status",
+            ["endpoint", "status"],
+            registry=registry,
+        )
+        self.request_seconds = Histogram(
+            "heimdall_request_seconds",
+            "Time from a complete body to the answer, by endpoint",
+            ["endpoint"],
+            buckets=_FAST_BUCKETS,
+            registry=registry,
+        )
         self.predictions = Counter(
             "heimdall_predictions",
             "Capture sets answered, by source (model, cache)",
