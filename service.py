@@ -152,7 +152,14 @@ def _rejected(reason: str) -> None:
 
 def _front_door(app: Any) -> Admission:
     routes = DirectRoutes(lambda: _current().pipeline, lambda rows: _current().infer_rows(rows), _rejected)
-    return Admission(app, limits, on_reject=_rejected, routes=routes.routes, get_routes=routes.get_routes)
+    return Admission(
+        app,
+        limits,
+        on_reject=_rejected,
+        routes=routes.routes,
+        get_routes=routes.get_routes,
+        in_progress=lambda path: _current().metrics.requests_in_progress.labels(path),
+    )
 
 
 limits = Limits(

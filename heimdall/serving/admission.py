@@ -82,9 +82,13 @@ class Admission:
         on_reject: Callable[[str], None] = lambda r: None,
         routes: Mapping[str, Handler] | None = None,
         get_routes: Mapping[str, Handler] | None = None,
+        in_progress: Callable[[str], Any] | None = None,
     ) -> None:
         self.app, self.limits, self.on_reject = app, limits, on_reject
         self.routes, self.get_routes = routes or {}, get_routes or {}
+        # `in_progress(path)`: a gauge (inc, dec) of the requests to `routes` this worker has taken
+        # from their headers on, as BentoML's in-progress metric counts its own routes.
+        self.in_progress = in_progress
         self.in_flight = 0
         self._next_shed = 0.0
 
@@ -95,6 +99,16 @@ class Admission:
                 return await self.app(scope, receive, send)
             status, payload = await handler(scope, b"")
             return await _respond(send, status, payload, [])
+        gauge = self.in_progress(scope["path"]) if self.in_progress and scope["path"] in self.routes else None
+        if gauge is None:
+            return await self._admit(scope, receive, send)
+        gauge.inc()
+        try:
+            await self._admit(scope, receive, send)
+        finally:
+            gauge.dec()
+
+    async def _admit(self, scope: dict, receive: Callable, send: Callable) -> None:
         try:
             self._check_headers(scope)
             body = await self._body(receive)

@@ -83,13 +83,8 @@ class DirectRoutes:
     def _guarded(self, model: type[BaseModel], run: Callable[[Any, Routing], Awaitable[bytes]]) -> Handler:
         async def measured(scope: dict, body: bytes) -> Answer:
             metrics, endpoint = self._pipeline().metrics, scope["path"]
-            in_progress = metrics.requests_in_progress.labels(endpoint)
-            in_progress.inc()
             start = time.perf_counter()
-            try:
-                status, payload = await handle(scope, body)
-            finally:
-                in_progress.dec()
+            status, payload = await handle(scope, body)
             metrics.request_seconds.labels(endpoint).observe(time.perf_counter() - start)
             metrics.requests.labels(endpoint, str(status)).inc()
             return status, payload

@@ -58,7 +58,7 @@ class Metrics:
         # request metrics (bentoml_service_request_*), so they have their own.
         self.requests_in_progress = Gauge(
             "heimdall_requests_in_progress",
-            "Requests being answered by the front door's routes, by endpoint",
+            "Requests to the front door's routes a worker has taken (headers read), by endpoint",
             ["endpoint"],
             multiprocess_mode="livesum",
             registry=registry,
