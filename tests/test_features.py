@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import librosa
@@ -10,6 +12,7 @@ import pytest
 
 from heimdall.contract.document import Contract
 from heimdall.contract.features import FeatureExtractor, iq_from_int16
+from heimdall.contract.filterbank import mel_filterbank, periodic_hann
 from heimdall.training.evaluate import scene_features
 from heimdall.training.simulate import simulate_scenes
 
@@ -28,6 +31,33 @@ def extractor(contract: Contract) -> FeatureExtractor:
 
 def tone(freq_hz: float, amplitude: float, samples: int, fs: float) -> np.ndarray:
     return (amplitude * np.exp(2j * np.pi * freq_hz * np.arange(samples) / fs)).astype(np.complex64)
+
+
+@pytest.mark.parametrize("n", [255, 256, 1024])
+def test_window_is_librosas_periodic_hann(n):
+    np.testing.assert_allclose(periodic_hann(n), librosa.filters.get_window("hann", n, fftbins=True), rtol=0, atol=1e-15)
+
+
+@pytest.mark.parametrize(
+    ("sr", "n_fft", "n_mels", "fmin", "fmax"),
+    [(12_500.0, 256, 32, 0.0, 6_250.0), (22_050.0, 2048, 128, 20.0, 8_000.0), (8_000.0, 512, 40, 300.0, 3_400.0)],
+)
+def test_filterbank_is_librosas_slaney_mel(contract, sr, n_fft, n_mels, fmin, fmax):
+    expected = librosa.filters.mel(sr=sr, n_fft=n_fft, n_mels=n_mels, fmin=fmin, fmax=fmax, norm=None)
+    found = mel_filterbank(sr, n_fft, n_mels, fmin, fmax)
+    assert found.dtype == expected.dtype and found.shape == expected.shape
+    np.testing.assert_allclose(found, expected, rtol=0, atol=1e-6)
+
+
+def test_serving_imports_neither_librosa_nor_scipy_signal():
+    # A fresh interpreter: this test process has librosa loaded for the comparisons above.
+    code = (
+        "import sys; from heimdall.contract.features import FeatureExtractor; from heimdall.contract.document import Contract;"
+        f"FeatureExtractor(Contract.load({str(REFERENCE)!r})).warm_up();"
+        "print(sorted(m for m in ('librosa', 'numba', 'scipy.signal') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout
+    assert out.strip() == "[]"
 
 
 def test_tone_lands_in_the_mel_band_with_the_nearest_centre(contract, extractor):

@@ -2,7 +2,7 @@
 
 Features are log mel power per receiver: the complex STFT of the baseband IQ,
 folded onto |frequency| (a baseband emission may sit either side of the
-carrier), a librosa mel filterbank, power in dB full scale, then fixed
+carrier), a mel filterbank (Slaney's scale, as librosa's default), power in dB full scale, then fixed
 normalization constants from training. No per-capture or per-receiver
 standardization: the relative power between receivers is most of the position
 information. A station's declared gain offset (the contract's `gain_offset_db`)
@@ -16,12 +16,12 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from functools import cached_property
 
-import librosa
 import numpy as np
 import scipy.fft
 from numpy.lib.stride_tricks import sliding_window_view
 
 from heimdall.contract.document import Contract
+from heimdall.contract.filterbank import mel_filterbank, periodic_hann
 
 INT16_FULL_SCALE = 32768.0
 
@@ -45,7 +45,7 @@ class FeatureExtractor:
 
     @cached_property
     def _window(self) -> np.ndarray:
-        return librosa.filters.get_window(self.spec.window, self.spec.n_fft, fftbins=True).astype(np.float32)
+        return periodic_hann(self.spec.n_fft).astype(np.float32)  # the contract's only window, "hann"
 
     @cached_property
     def _fold_mel(self) -> np.ndarray:
@@ -55,9 +55,7 @@ class FeatureExtractor:
         bin centre reads 0 dB in the mel band whose peak it sits on.
         """
         s = self.spec
-        mel = librosa.filters.mel(
-            sr=s.sample_rate_hz, n_fft=s.n_fft, n_mels=s.n_mels, fmin=s.fmin_hz, fmax=s.fmax_hz, norm=None
-        )  # (n_mels, n_fft // 2 + 1) over 0 .. fs/2
+        mel = mel_filterbank(s.sample_rate_hz, s.n_fft, s.n_mels, s.fmin_hz, s.fmax_hz)  # over 0 .. fs/2
         k = np.arange(s.n_fft)
         folded_bin = np.minimum(k, s.n_fft - k)  # two-sided FFT bin -> |f| bin
         return (mel[:, folded_bin].T / self._window.sum() ** 2).astype(np.float32)
@@ -103,8 +101,8 @@ class FeatureExtractor:
         return features
 
     def warm_up(self) -> None:
-        """Features of a silent capture set: librosa and scipy load their filter and FFT code
-        on first use, ~1.5 s that the first request after start-up would otherwise wait for."""
+        """Features of a silent capture set: the filterbank is built and scipy loads its FFT code
+        on first use, which the first request after start-up would otherwise wait for."""
         silence = np.zeros(self.spec.min_samples, np.complex64)
         self.capture_sets([dict.fromkeys(self.contract.receiver_ids[: self.contract.min_receivers], silence)])
 
