@@ -110,7 +110,13 @@ def test_offsets_need_contract_version_2_and_change_the_fingerprint(reference):
     station = reference.receivers[2].model_copy(update={"gain_offset_db": ERROR_DB})
     receivers = (*reference.receivers[:2], station, *reference.receivers[3:])
     with pytest.raises(ValidationError, match="needs contract_version 2"):
-        Contract.model_validate({**reference.model_dump(), "receivers": [r.model_dump() for r in receivers]})
+        Contract.model_validate(
+            {
+                **reference.model_dump(),
+                "contract_version": 1,
+                "receivers": [r.model_dump() for r in receivers],
+            }
+        )
     offset = declared(reference, {STATION: ERROR_DB})
     assert offset.fingerprint() != declared(reference, {}).fingerprint()
     assert Contract.model_validate_json(offset.to_json()) == offset

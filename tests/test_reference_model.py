@@ -1,4 +1,5 @@
-"""The committed reference model: it reproduces the accuracy its contract records, and is servable."""
+"""The committed reference model: it reproduces the accuracy its contract records (nominal and over the
+grid of conditions), stays honest where the world differs from one simulator setting, and is servable."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import pytest
 
 from heimdall.contract.document import Contract
 from heimdall.contract.features import FeatureExtractor
+from heimdall.training.conditions import CONDITIONS, ConditionResult, evaluate_conditions
 from heimdall.training.evaluate import EVAL_SEED, evaluate, open_session, predict, scene_features
 from heimdall.training.simulate import simulate_scenes
 
@@ -36,11 +38,43 @@ def test_committed_model_reproduces_recorded_accuracy(contract, measured):
         assert getattr(measured, level) == pytest.approx(getattr(recorded, level), abs=0.005), level
 
 
-def test_model_beats_baseline_and_ellipses_are_calibrated(measured):
-    assert measured.median_error_km < measured.baseline_median_error_km
-    assert measured.p95_error_km < measured.baseline_p95_error_km
-    assert measured.coverage_50 == pytest.approx(0.50, abs=0.03)
-    assert measured.coverage_95 == pytest.approx(0.95, abs=0.02)
+@pytest.fixture(scope="module")
+def grid(contract) -> list[ConditionResult]:
+    assert contract.accuracy.conditions, "the reference contract records its condition grid"
+    return evaluate_conditions(REFERENCE, n_scenes=contract.accuracy.conditions[0].scenes)
+
+
+def test_committed_model_reproduces_its_condition_grid(contract, grid):
+    recorded = contract.accuracy.conditions
+    assert (
+        [r.accuracy.condition for r in grid] == [c.condition for c in recorded] == [c for c, _ in CONDITIONS]
+    )
+    for result, expected in zip(grid, recorded, strict=True):
+        measured = result.accuracy
+        assert measured.scenes == expected.scenes
+        for name, value in expected.model_dump(exclude={"condition", "scenes"}).items():
+            tolerance = dict(abs=0.005) if name.startswith("coverage") else dict(rel=0.01)
+            assert getattr(measured, name) == pytest.approx(value, **tolerance), (expected.condition, name)
+
+
+def test_honest_and_near_the_oracle_in_the_world_it_was_trained_for(grid):
+    world = grid[-1].accuracy
+    assert world.condition.startswith("world")
+    assert world.coverage_50 == pytest.approx(0.50, abs=0.03)
+    assert world.coverage_95 == pytest.approx(0.95, abs=0.03)
+    assert world.median_error_km < 1.10 * world.oracle_median_error_km
+    assert world.median_error_km < world.baseline_median_error_km
+
+
+def test_never_badly_overconfident_and_better_than_the_baseline_in_the_tail(grid):
+    """In every condition: the 95% ellipse holds the transmitter at least 93% of the time (the model
+    trained on one simulator setting managed 86% in two of them), and the model's 95th-percentile error
+    beats the baseline's. Where the median is not within 10% of the oracle's, the README says so."""
+    for r in grid:
+        a = r.accuracy
+        assert a.coverage_95 >= 0.93, a.condition
+        assert a.p95_error_km < a.baseline_p95_error_km, a.condition
+        assert np.all(np.diff(r.reliability) > 0), "coverage grows with the level"
 
 
 def test_graph_matches_the_contract(contract):
