@@ -19,8 +19,8 @@ is spent on a request it refuses, and every refusal has the one error body
   has arrived: clients still sending hold no slot, so slow senders cannot exhaust a
   worker. A worker already working on `max_in_flight` requests answers 503 at once
   (with Retry-After) and keeps the connection, whose body is read by then: a TCP reset
-  sent every refused client through a reconnect, and at 3x the saturation rate the
-  refusals then took 2 s instead of 30 ms.
+  would send every refused client through a reconnect, which under overload costs more
+  than the refusal (`load/faults.py overload` measures it).
 - A busy worker asks a client to reconnect (`Connection: close`), at most
   `REBALANCE_PER_S` times a second. BentoML's workers share one listening
   socket, and a client keeps the worker it first connected to: 100 keep-alive

@@ -175,9 +175,9 @@ def _from_pairs(data: object, max_samples: int, contract: Contract, where: str) 
     if not isinstance(data, list | tuple):
         raise InputError(where, data, "a list of [I, Q] pairs or a base64 string", "ragged_iq")
     _check_count(len(data), max_samples, contract, where)
-    # Three C-level passes over the pairs (lengths, element types, values) cost ~0.6 ms
-    # per 4096 pairs against 1.3 ms for building an array from the lists, and stay
-    # strict: bools, strings and None are refused, not coerced.
+    # Three C-level passes over the pairs (lengths, element types, values) are cheaper
+    # than building an array from the lists, and strict: bools, strings and None are
+    # refused, not coerced.
     try:
         ragged = set(map(len, data)) != {2}
     except TypeError:  # an element without a length: a number where a pair belongs
@@ -228,7 +228,7 @@ def _from_base64(text: str, encoding: str, max_samples: int, contract: Contract,
     if len(text) > 4 * -(-max_samples * per_sample // 3):
         _check_count(len(text) * 3 // 4 // per_sample, max_samples, contract, where)
     try:
-        # pybase64: SIMD decoding, 2 us instead of the standard library's 50 us per receiver
+        # pybase64: SIMD decoding, an order of magnitude cheaper than the standard library
         raw = pybase64.b64decode(text, validate=True)
     except (binascii.Error, ValueError):
         raise InputError(
@@ -250,8 +250,8 @@ def _from_bytes(
 ) -> dict[str, _Decoded]:
     """Receivers' interleaved little-endian I/Q, each a whole number of samples -> complex64 full scale.
 
-    int16 receivers are converted as one array (a numpy call per step, not per receiver:
-    ~3 us less per receiver); complex64 ones one by one, so a bad value is refused with
+    int16 receivers are converted as one array (a numpy call per step, not per
+    receiver); complex64 ones one by one, so a bad value is refused with
     its receiver's field name from `places`.
     """
     if not wire:
@@ -313,9 +313,9 @@ def _canonical(decoded: dict[str, _Decoded], contract: Contract) -> CaptureSet:
     exactly int16 counts / 32768 (every WebSDR capture) are hashed as their
     16-bit counts, half the bytes of complex64: hashing is a large share of a
     binary request's decode cost. A tag byte keeps the two encodings apart.
-    BLAKE3 hashes each receiver's samples whole (2 us per 16 kB receiver, against
-    12 us for blake2b; fed in pieces, it loses its SIMD speed) and then the
-    receivers' headers and digests.
+    BLAKE3 hashes each receiver's samples whole (several times faster than blake2b;
+    fed in pieces, it loses its SIMD speed) and then the receivers' headers and
+    digests (`make bench` times decoding per form).
     """
     parts = [_DIGEST_PERSON]
     ordered = {}

@@ -4,10 +4,10 @@ One reader for every JSON body the service takes, so one set of rules:
 
 - An `iq` array that is exactly a list of number pairs is copied out as one float64
   (n, 2) array, with no Python object per number: pydantic would build 57k floats
-  (~9 ms) for a capture set of 7 receivers as `[[I, Q], ...]` lists.
+  for a capture set of 7 receivers as `[[I, Q], ...]` lists.
 - An `iq` array that is anything else is refused as it stands (`ragged_iq`):
-  `"iq": [[], [], ...]` in a 16 MiB body became ~36x its size in Python lists before
-  the decoder could refuse it.
+  `"iq": [[], [], ...]` would otherwise become many times the body's size in Python
+  lists before the decoder could refuse it (`load/hostile.py amplify` measures it).
 - Outside `iq`, a document may hold at most `MAX_VALUES` JSON values (a batch of 100
   capture sets of 7 receivers holds ~2,200); a container is refused by its length
   before its items are read. With it, what a body turns into is bounded: at most

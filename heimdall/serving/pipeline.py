@@ -82,10 +82,10 @@ class Pipeline:
         lists (~10x the body's size for JSON lists) alive until the response is sent, and a
         worker holding many requests would hold them all.
 
-        Decoding runs on the event loop: ~0.05 ms per receiver for the binary forms, ~0.7 ms
-        for JSON lists. A thread would not help: decoding holds the GIL between numpy
-        calls, and a thread waited up to a switch interval (5 ms) to get it back after
-        each of them while the loop was busy, which made JSON-lists requests 10x slower."""
+        Decoding runs on the event loop: it is short (`make bench` times it per form), and
+        a thread would not help: decoding holds the GIL between numpy calls, and a thread
+        waits up to a switch interval to get it back after each of them while the loop is
+        busy."""
         contract, max_samples = roster.primary.served.contract, self.settings.max_samples
         try:
             return decode_captures(captures, encoding, contract, max_samples, field)
