@@ -22,14 +22,14 @@ def periodic_hann(n: int) -> np.ndarray:
     return 0.5 - 0.5 * np.cos(2.0 * np.pi * np.arange(n) / n)
 
 
-def hz_to_mel(hz: np.ndarray) -> np.ndarray:
+def hz_to_mel(hz: float | np.ndarray) -> np.ndarray:
     hz = np.asarray(hz, dtype=np.float64)
     linear = hz / _MEL_STEP_HZ
     logarithmic = _LOG_START_MEL + np.log(np.maximum(hz, _LOG_START_HZ) / _LOG_START_HZ) / _LOG_STEP
     return np.where(hz >= _LOG_START_HZ, logarithmic, linear)
 
 
-def mel_to_hz(mel: np.ndarray) -> np.ndarray:
+def mel_to_hz(mel: float | np.ndarray) -> np.ndarray:
     mel = np.asarray(mel, dtype=np.float64)
     linear = mel * _MEL_STEP_HZ
     logarithmic = _LOG_START_HZ * np.exp(_LOG_STEP * (np.maximum(mel, _LOG_START_MEL) - _LOG_START_MEL))
