@@ -26,6 +26,7 @@ from heimdall.contract.document import Contract
 from heimdall.contract.servable import ModelNotServable
 from heimdall.lifecycle.cli import main
 from heimdall.lifecycle.registry import RegistryError, import_model, load_bento_model, register
+from heimdall.serving import registry as serving_registry
 
 
 @pytest.fixture(scope="module")
@@ -144,6 +145,18 @@ def test_importing_twice_gives_one_model(models: dict[str, Path], sqlite_uri: st
     assert again.tag == first.tag
     assert again.info.creation_time == first.info.creation_time
     assert len(stored(name)) == 1
+
+
+def test_a_version_already_stored_is_not_downloaded_again(
+    models: dict[str, Path], sqlite_uri: str, name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the second worker of a service, and a rollback, find the first import in the store
+    register(models["v1"], name=name, tracking_uri=sqlite_uri)
+    first = import_model(f"models:/{name}@production", tracking_uri=sqlite_uri)
+    downloads: list[str] = []
+    monkeypatch.setattr(serving_registry, "_download", lambda name, version, *_: downloads.append(version))
+    again = serving_registry.import_model(f"models:/{name}@production", tracking_uri=sqlite_uri, version="1")
+    assert (again.tag, downloads) == (first.tag, [])
 
 
 @pytest.mark.parametrize(

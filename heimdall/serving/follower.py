@@ -58,6 +58,7 @@ class _Outcome:
 
     model: LoadedModel | None
     changed: bool
+    took: str = ""  # how long the import and the opening took, for the swap's log line
 
 
 class Follower:
@@ -183,7 +184,11 @@ class Follower:
                 outcomes[role] = _Outcome(held, changed=True)
                 continue
             try:
-                model = self._open(registry.import_model(str(ref), version=version))
+                start = time.perf_counter()
+                stored = registry.import_model(str(ref), version=version)
+                imported = time.perf_counter()
+                model = self._open(stored)
+                took = f"import {imported - start:.2f} s, open {time.perf_counter() - imported:.2f} s"
             except registry.RegistryError as exc:  # went away mid-download: try again at the next check
                 self._unreachable(exc)
                 return outcomes
@@ -191,7 +196,7 @@ class Follower:
                 self._refused[role] = version
                 self._refuse(role, ref, version, f"{type(exc).__name__}: {exc}")
                 continue
-            outcomes[role] = _Outcome(model, changed=True)
+            outcomes[role] = _Outcome(model, changed=True, took=took)
         return outcomes
 
     def _apply(self, outcomes: dict[Role, _Outcome]) -> None:
@@ -218,7 +223,8 @@ class Follower:
             if new is not None and new is not before:
                 self.metrics.model_swaps.labels(role).inc()
                 was = before.served.version if before else "none"
-                log.warning("registry: %s is now %s (was %s)", role, new.served.version, was)
+                took = f"; {outcomes[role].took}" if role in outcomes and outcomes[role].took else ""
+                log.warning("registry: %s is now %s (was %s)%s", role, new.served.version, was, took)
             elif new is None and before is not None:
                 log.warning("registry: candidate %s retired", before.served.version)
         for model in self.pipeline.swap(roster):

@@ -167,6 +167,25 @@ def _import_lock(name: str) -> Iterator[None]:
         yield
 
 
+def _stored(bento_name: str, mv: Any, tracking: str) -> bentoml.Model | None:
+    """The stored import of registry version `mv` from `tracking`, if the store holds one.
+
+    The run id tells apart two registries that reused a tracking URI and a version number."""
+    try:
+        models = bentoml.models.list(bento_name)
+    except NotFound:  # BentoML's answer when no model of that name was ever saved
+        return None
+    for model in models:
+        labels, metadata = model.info.labels, model.info.metadata
+        if (
+            labels.get("registry_version") == str(mv.version)
+            and labels.get("run_id") == (mv.run_id or "")
+            and metadata.get("tracking_uri") == tracking
+        ):
+            return model
+    return None
+
+
 @mlflow_errors
 def import_model(
     uri: str, tracking_uri: str | None = None, version: str | None = None, progress: Progress = _quiet
@@ -188,6 +207,10 @@ def import_model(
     except MlflowException as exc:
         raise NotInRegistry(f"{uri}: not found in {public_uri(tracking)} ({exc.message})") from None
     with tempfile.TemporaryDirectory(prefix="heimdall-import-") as tmp, _import_lock(_bento_name(ref.name)):
+        # Checked under the lock: the workers of a service move together, and the first one's import
+        # serves the others, and a rollback, without a second download and hash.
+        if (held := _stored(_bento_name(ref.name), mv, public_uri(tracking))) is not None:
+            return held
         model_path, contract_path = _download(ref.name, str(mv.version), tracking, Path(tmp), progress)
         contract = load_servable(model_path, contract_path, f"{uri} (version {mv.version})")
         digest = hashlib.sha256(model_path.read_bytes()).hexdigest()
