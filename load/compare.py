@@ -1,6 +1,6 @@
 """The service against the plain alternatives on the same cores (issue 16).
 
-    python load/compare.py [--rounds 4] [--seconds 5] [--rates 50,100,150,200,300,400]
+    python load/compare.py [--rounds 4] [--seconds 5] [--rates 50,100,150,200,300,400,600,800,1000]
 
 Starts, 2 workers each: this service (adaptive batching; and with it off), a plain
 FastAPI + uvicorn + onnxruntime app and a LitServe app with its batching doing the same
@@ -145,7 +145,7 @@ def main() -> None:
     p.add_argument("--seconds", type=float, default=5.0, help="per closed-loop window")
     p.add_argument("--paced-seconds", type=float, default=5.0, help="per paced rate")
     p.add_argument("--concurrency", type=int, default=32)
-    p.add_argument("--rates", default="50,100,150,200,300,400", help="paced rates, requests/s")
+    p.add_argument("--rates", default="50,100,150,200,300,400,600,800,1000", help="paced rates, requests/s")
     args = p.parse_args()
     rates = [float(r) for r in args.rates.split(",")]
     REPORTS.mkdir(parents=True, exist_ok=True)
