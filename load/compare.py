@@ -1,6 +1,6 @@
 """The service against the plain alternatives on the same cores (issue 16).
 
-    python load/compare.py [--rounds 4] [--seconds 5] [--rates 50,100,150,200,300,400,600,800,1000]
+    python load/compare.py [--rounds 4] [--seconds 5] [--rates R,R,...]
 
 Starts, 2 workers each: this service (adaptive batching; and with it off), a plain
 FastAPI + uvicorn + onnxruntime app and a LitServe app with its batching doing the same
@@ -145,7 +145,11 @@ def main() -> None:
     p.add_argument("--seconds", type=float, default=5.0, help="per closed-loop window")
     p.add_argument("--paced-seconds", type=float, default=5.0, help="per paced rate")
     p.add_argument("--concurrency", type=int, default=32)
-    p.add_argument("--rates", default="50,100,150,200,300,400,600,800,1000", help="paced rates, requests/s")
+    p.add_argument(
+        "--rates",
+        default="50,100,150,200,300,400,600,800,1000",
+        help="paced rates, requests/s (default %(default)s)",
+    )
     args = p.parse_args()
     rates = [float(r) for r in args.rates.split(",")]
     REPORTS.mkdir(parents=True, exist_ok=True)
@@ -218,7 +222,7 @@ def main() -> None:
             f"| {name} | {med(name, 'rps'):,.0f} req/s{f' ({failed} failed)' if failed else ''} | "
             f"{med(name, 'cpu_ms'):.2f} ms | "
             f"{med(name, 'p50'):.0f}/{med(name, 'p95'):.0f}/{med(name, 'p99'):.0f} ms | "
-            f"{max(held) if held else 'none'} req/s | "
+            f"{f'{max(held):g}' if held else 'none'} req/s | "
             + ", ".join(f"{rate:g}: {v:.0f} ms" for rate, v in p95s.items())
             + " |"
         )
