@@ -101,7 +101,7 @@ class Heimdall:
     async def infer_rows(self, rows: list[Row]) -> list[list[float]]:
         """Decoded capture sets, each with its version, through the adaptive batcher of `infer`."""
         if self._batched_infer is None:
-            self._batched_infer = batch_caller(self, "infer", "items")
+            self._batched_infer = batch_caller(self, "infer")
         return await self._batched_infer(rows)
 
     async def _infer_batched(self, row: Row) -> np.ndarray:

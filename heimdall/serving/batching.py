@@ -7,7 +7,7 @@ middleware and the router, which costs more CPU than batching saves. The batcher
 itself (a `CorkDispatcher` per batchable API with its `max_batch_size`, its
 `max_latency_ms` budget, 503 beyond it, and the `adaptive_batch_size` histogram) sits
 behind the function the API's HTTP route calls with the parsed arguments;
-`heimdall.serving.bentoml_internals.batch_caller` calls it the same way. The rows are
+`heimdall.serving.bentoml_internals.batch_caller` hands it rows directly. The rows are
 decoded capture sets, passed as they are: nothing is serialized, and the API computes a
 whole batch's features and runs the model on them in one worker-thread hop.
 

@@ -19,7 +19,8 @@ exercise every function here through a real `bentoml serve` and a real build.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+import itertools
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import attr
@@ -33,6 +34,7 @@ from bentoml._internal.bento.bento import BentoInfoV2
 from bentoml._internal.bento.build_config import BentoBuildConfig, BentoEnvSchema, BentoPathSpec
 from bentoml._internal.configuration.containers import BentoMLContainer
 from bentoml._internal.container.frontend.dockerfile import CONTAINER_METADATA
+from bentoml._internal.context import server_context
 
 CHECKED_VERSION = "1.4.40"
 CHECKED_UVICORN = "0.55.0"  # the version BentoML 1.4.40 resolves to; not pinned by us
@@ -80,24 +82,49 @@ def bound_headers(protocol: type, max_bytes: int, on_reject: Callable[[str], Non
     uvicorn.config.HTTP_PROTOCOLS["auto"] = f"{protocol.__module__}:{protocol.__qualname__}"
 
 
-def batch_caller(service: object, api: str, argument: str) -> Callable[[Any], Awaitable[Any]]:
-    """`await call(value)`: `api(argument=value)` through its adaptive batcher in this worker.
+def batch_caller(service: object, api: str) -> Callable[[list[Any]], Awaitable[list[Any]]]:
+    """`await call(rows)`: a list of rows through `api`'s adaptive batcher in this worker, its own
+    outputs back.
 
-    The batcher (a `CorkDispatcher` per batchable API, with its `max_batch_size`,
-    `max_latency_ms` budget and `adaptive_batch_size` histogram) sits behind
-    `ServiceAppFactory.batch_infer`, which the API's HTTP route calls with the parsed
-    arguments; this calls it the same way. `service` is the running service instance.
-    Call this from a request, not from `__init__`: BentoML attaches the worker's app
-    after the instance is built.
+    The batcher is the API's `CorkDispatcher` (its `max_batch_size` in rows, its
+    `max_latency_ms` budget, 503 beyond it). Per batch this does what BentoML's
+    `ServiceAppFactory.batch_infer` does: the batch's calls counted in the
+    `adaptive_batch_size` histogram, their rows joined, the API's function run in the
+    worker's thread limiter, its outputs split back. BentoML builds that per call, and a
+    call then rebuilds the API's signature wrapper (`APIMethod.__get__`) and looks up the
+    container of every queued value; here both are looked up once.
+    `service` is the running service instance. Call this from a request, not from
+    `__init__`: BentoML attaches the worker's app after the instance is built.
     """
     try:
         app = service.__self_proxy__._async.app  # type: ignore[attr-defined]
         route = next(r for r in app.routes if getattr(r, "name", None) == api)
         factory = route.endpoint.func.__self__  # functools.partial(factory.api_endpoint_wrapper, api)
-        batch_infer = factory.batch_infer
-    except (AttributeError, StopIteration) as exc:
+        dispatcher = factory.dispatchers[api]
+        func = getattr(service, api).local
+    except (AttributeError, StopIteration, KeyError) as exc:
         raise RuntimeError(f"BentoML {bentoml.__version__}: no batcher for {api!r} where expected") from exc
-    return lambda value: batch_infer(api, (), {argument: value})
+    observe = (
+        factory.adaptive_batch_size_hist.labels(
+            runner_name=factory.service.name,
+            worker_index=server_context.worker_index,
+            method_name=api,
+            service_version=server_context.bento_version,
+            service_name=server_context.bento_name,
+        ).observe
+        if factory.enable_metrics
+        else None
+    )
+    dispatcher.get_batch_size = len  # what BentoML's container lookup returns for a list
+
+    async def run(calls: Sequence[list[Any]]) -> list[list[Any]]:
+        if observe is not None:
+            observe(len(calls))
+        outputs = await factory._to_thread(func, [row for rows in calls for row in rows])
+        ends = list(itertools.accumulate(len(rows) for rows in calls))
+        return [outputs[end - len(rows) : end] for rows, end in zip(calls, ends, strict=True)]
+
+    return dispatcher(run)
 
 
 def is_json_serde(serde: object) -> bool:
