@@ -44,9 +44,13 @@ bench: model
 	$(BIN)/python load/bench.py
 
 # The service against plain FastAPI and LitServe apps doing the same work (issue 16).
+# Needs wrk (Debian's package; installed here when missing, as root).
+COMPARE_ARGS ?=
 compare: model
 	$(BIN)/pip install --quiet -e '.[dev,bench]'
-	$(BIN)/python load/compare.py
+	command -v wrk >/dev/null || { apt-get -o DPkg::Lock::Timeout=600 update -qq && \
+	    DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y -qq wrk; }
+	$(BIN)/python load/compare.py $(COMPARE_ARGS)
 
 # Registry model -> versioned Bento -> image, built on BASE_IMAGE whenever docker or podman can
 # run it (`make base-image` builds the default here; BASE_IMAGE= uses BentoML's python:3.11-slim).

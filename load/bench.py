@@ -21,6 +21,7 @@ import argparse
 import asyncio
 import base64
 import gc
+import itertools
 import json
 import os
 import statistics
@@ -54,8 +55,15 @@ CAPTURES = example_captures()
 _PYDANTIC_CAPTURES = TypeAdapter(list[Capture])
 
 
+# Every fresh body of a run, in any form and to any server, is a capture set not sent before:
+# bodies of the two forms with the same k decode to the same IQ (one cache key), and a counter
+# restarted per measurement would resend the last one's bodies as cache hits.
+_FRESH = itertools.count(10**7)
+
+
 class Bodies:
-    """Request bodies that differ in their first IQ sample, so each one is a cache miss."""
+    """Request bodies that differ in their first IQ sample: `body(k)` for a given one, `fresh()` for
+    one not sent before in this run (a cache miss)."""
 
     def __init__(self, form: str) -> None:
         self.form = form
@@ -76,13 +84,21 @@ class Bodies:
             self.suffix = (self.tail + '"}, ' + json.dumps(others)[1:-1] + '], "encoding": "int16"}').encode()
 
     def body(self, k: int) -> bytes:
+        return self.prefix + self.core(k) + self.suffix
+
+    def core(self, k: int) -> bytes:
+        """What differs between bodies: the first I/Q pair of the first capture, from k."""
         i, q = k % 60_000 - 30_000, (k // 60_000) % 30_000
         if self.form == "pairs":
-            core = f"{i}, {q}".encode()
-        else:
-            head = np.array([i, q, self.iq[2]], dtype="<i2").tobytes()
-            core = base64.b64encode(head)
-        return self.prefix + core + self.suffix
+            return f"{i}, {q}".encode()
+        return base64.b64encode(np.array([i, q, self.iq[2]], dtype="<i2").tobytes())
+
+    def fresh(self) -> bytes:
+        return self.body(next(_FRESH))
+
+    def fresh_cores(self, n: int) -> list[bytes]:
+        """The cores of n bodies not sent before in this run."""
+        return [self.core(next(_FRESH)) for _ in range(n)]
 
 
 def in_process_limit(repeats: int = 3) -> tuple[int, float, dict[int, float]]:
@@ -163,13 +179,12 @@ async def _load(
     server_ms: list[float] = []
     failures = 0
     statuses: dict[int, int] = {}
-    counter = iter(range(10**9))
     deadline = 0.0
 
     async def worker(session: aiohttp.ClientSession, record: bool) -> None:
         nonlocal failures
         while time.perf_counter() < deadline:
-            body = fixed if fixed is not None else bodies.body(next(counter))
+            body = fixed if fixed is not None else bodies.fresh()
             start = time.perf_counter()
             async with session.post(url, data=body, headers={"content-type": "application/json"}) as r:
                 payload = await r.read()
