@@ -9,6 +9,7 @@ from typing import Any
 
 import bentoml
 import numpy as np
+from bentoml import get_current_service  # once: each `bentoml.<name>` goes through its lazy __getattr__
 from pydantic import Field
 from threadpoolctl import threadpool_limits
 
@@ -39,7 +40,7 @@ TIMEOUT_S = 30  # the longest a request may take; also how long a retired model 
 
 
 def _current() -> Heimdall:
-    return bentoml.get_current_service()
+    return get_current_service()
 
 
 class InferRequest(bentoml.IODescriptor):
