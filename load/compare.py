@@ -302,7 +302,9 @@ def _report(args: argparse.Namespace, contenders: dict, floors: dict, closed: di
 
 
 def _ms(v: float) -> str:
-    return f"{v:.0f} ms" if math.isfinite(v) else "over"
+    if not math.isfinite(v):
+        return "over"
+    return f"{v:.1f} ms" if v < 10 else f"{v:.0f} ms"
 
 
 if __name__ == "__main__":

@@ -41,3 +41,13 @@ def test_beats_the_baseline_on_simulated_scenes(physics):
     baseline = np.linalg.norm(RssiMultilateration(CONTRACT).locate(power) - truth, axis=1)
     assert np.median(oracle) < np.median(baseline)
     assert np.percentile(oracle, 95) < np.percentile(baseline, 95)
+
+
+def test_posterior_moments_are_a_valid_gaussian():
+    scenes = simulate_scenes(40, seed=5, contract=CONTRACT, samples=1024)
+    power = received_power_dbm(scenes.iq, scenes.heard, CONTRACT.features.sample_rate_hz)
+    oracle = GridOracle(CONTRACT, NOMINAL)
+    mean, cov = oracle.posterior(power)
+    np.testing.assert_array_equal(mean, oracle.locate(power))
+    np.testing.assert_allclose(cov, cov.transpose(0, 2, 1))
+    assert (np.linalg.eigvalsh(cov) > 1_000.0**2).all(), "at least a km wide: the grid is 2 km"

@@ -77,6 +77,14 @@ def test_never_badly_overconfident_and_better_than_the_baseline_in_the_tail(grid
         assert np.all(np.diff(r.reliability) > 0), "coverage grows with the level"
 
 
+def test_near_the_oracle_told_only_the_world_in_every_condition(grid):
+    """The model is not told the condition, only trained on the world: the oracle given the same
+    prior (WORLD) and the same received power is the estimate it can be held to in every condition."""
+    for r in grid:
+        a = r.accuracy
+        assert a.median_error_km < 1.06 * a.world_oracle_median_error_km, a.condition
+
+
 def test_graph_matches_the_contract(contract):
     path = REFERENCE / "model.onnx"
     assert path.stat().st_size < 2_000_000

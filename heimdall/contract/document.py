@@ -82,6 +82,13 @@ class ConditionAccuracy(_Frozen):
     oracle_p95_error_km: float
     coverage_50: float
     coverage_95: float
+    world_oracle_median_error_km: float | None = Field(
+        None, description="the oracle knowing only the training distribution (WORLD), not the condition"
+    )
+    world_oracle_coverage_50: float | None = Field(
+        None, description="inside that oracle's posterior 50% ellipse (its mean and covariance)"
+    )
+    world_oracle_coverage_95: float | None = None
 
 
 class Accuracy(_Frozen):

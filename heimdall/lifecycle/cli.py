@@ -68,6 +68,8 @@ def _evaluate(args: argparse.Namespace) -> None:
         "oracle median / p95 km",
         "model / oracle median",
         "inside 50% / 95%",
+        "world-prior oracle median km",
+        "inside its 50% / 95%",
         title=f"{args.model}, {grid[0].accuracy.scenes} held-out scenes per condition",
     )
     for r in grid:
@@ -79,6 +81,8 @@ def _evaluate(args: argparse.Namespace) -> None:
             f"{a.oracle_median_error_km:.1f} / {a.oracle_p95_error_km:.1f}",
             f"{a.median_error_km / a.oracle_median_error_km:.3f}",
             f"{a.coverage_50:.3f} / {a.coverage_95:.3f}",
+            f"{a.world_oracle_median_error_km:.1f}",
+            f"{a.world_oracle_coverage_50:.3f} / {a.world_oracle_coverage_95:.3f}",
         )
     Console().print(table)
 

@@ -95,15 +95,22 @@ class GridOracle:
         fixed = physics.receiver_gain_sigma_db**2 + physics.capture_gain_sigma_db**2 + sigma_m**2
         self.variances = _points(*physics.shadowing_db) ** 2 + fixed
 
-    def locate(self, power_dbm: np.ndarray, chunk: int = 64) -> np.ndarray:
+    def locate(self, power_dbm: np.ndarray) -> np.ndarray:
         """(N, receivers) dBm -> (N, 2) posterior-mean east, north, metres."""
-        out = np.empty((len(power_dbm), 2))
+        return self.posterior(power_dbm)[0]
+
+    def posterior(self, power_dbm: np.ndarray, chunk: int = 64) -> tuple[np.ndarray, np.ndarray]:
+        """(N, receivers) dBm -> the posterior's mean (N, 2) and covariance (N, 2, 2), metres."""
+        mean, cov = np.empty((len(power_dbm), 2)), np.empty((len(power_dbm), 2, 2))
+        second = (self.grid[:, :, None] * self.grid[:, None, :]).reshape(-1, 4)  # (G, 4)
         for start in range(0, len(power_dbm), chunk):
             part = power_dbm[start : start + chunk]
             log_post = self._log_posterior(np.isfinite(part).astype(np.float64), np.nan_to_num(part))
             weights = np.exp(log_post - logsumexp(log_post, axis=1, keepdims=True))
-            out[start : start + chunk] = weights @ self.grid
-        return out
+            m = weights @ self.grid
+            mean[start : start + chunk] = m
+            cov[start : start + chunk] = (weights @ second).reshape(-1, 2, 2) - m[:, :, None] * m[:, None, :]
+        return mean, cov
 
     def _log_posterior(self, w: np.ndarray, power: np.ndarray) -> np.ndarray:
         """(n, G) log posterior over the grid, up to a constant per scene, n and sigma integrated out."""
