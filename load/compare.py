@@ -222,7 +222,7 @@ def main() -> None:
             "LitServe": (lit_floor.url, lit_floor.proc),
         }
         every = {**contenders, **floors}
-        procs = [ours.proc, unbatched.proc, floor.proc, fast.proc, lit.proc, lit_floor.proc]
+        procs = list({proc.pid: proc for _, proc in every.values()}.values())  # FastAPI serves two
         closed: dict[str, list[dict]] = {k: [] for k in every}
         paced: dict[str, dict[float, list[float]]] = {k: {r: [] for r in rates} for k in contenders}
         bodies = Bodies("int16")

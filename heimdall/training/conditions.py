@@ -67,6 +67,11 @@ def _km(estimate: np.ndarray, truth: np.ndarray) -> np.ndarray:
     return np.linalg.norm(estimate - truth, axis=1) / 1e3
 
 
+def _inside(d2: np.ndarray, level: float) -> float:
+    """The fraction of squared Mahalanobis distances within the `level` ellipse."""
+    return float((d2 <= chi2_2d_scale(level) ** 2).mean())
+
+
 def _as_output(mean: np.ndarray, cov: np.ndarray) -> np.ndarray:
     """A Gaussian's mean and covariance as model output rows: east, north, sigma east, sigma north, rho."""
     sigma = np.sqrt(np.stack([cov[:, 0, 0], cov[:, 1, 1]], axis=1))
@@ -97,11 +102,12 @@ def evaluate_conditions(
         )
         model_km = _km(prediction[:, :2], truth)
         baseline_km = _km(baseline.locate(power), truth)
-        oracle_km = _km(GridOracle(contract, physics).locate(power), truth)
         world_mean, world_cov = world.posterior(power)
+        condition_mean = world_mean if physics == WORLD else GridOracle(contract, physics).locate(power)
+        oracle_km = _km(condition_mean, truth)
         world_d2 = mahalanobis_sq(_as_output(world_mean, world_cov), truth)
         d2 = mahalanobis_sq(prediction, truth)
-        reliability = np.array([(d2 <= chi2_2d_scale(p) ** 2).mean() for p in RELIABILITY_LEVELS])
+        reliability = np.array([_inside(d2, p) for p in RELIABILITY_LEVELS])
         accuracy = ConditionAccuracy(
             condition=name,
             scenes=len(truth),
@@ -111,11 +117,11 @@ def evaluate_conditions(
             baseline_p95_error_km=round(float(np.percentile(baseline_km, 95)), 3),
             oracle_median_error_km=round(float(np.median(oracle_km)), 3),
             oracle_p95_error_km=round(float(np.percentile(oracle_km, 95)), 3),
-            coverage_50=round(float((d2 <= chi2_2d_scale(0.5) ** 2).mean()), 4),
-            coverage_95=round(float((d2 <= chi2_2d_scale(0.95) ** 2).mean()), 4),
+            coverage_50=round(_inside(d2, 0.5), 4),
+            coverage_95=round(_inside(d2, 0.95), 4),
             world_oracle_median_error_km=round(float(np.median(_km(world_mean, truth))), 3),
-            world_oracle_coverage_50=round(float((world_d2 <= chi2_2d_scale(0.5) ** 2).mean()), 4),
-            world_oracle_coverage_95=round(float((world_d2 <= chi2_2d_scale(0.95) ** 2).mean()), 4),
+            world_oracle_coverage_50=round(_inside(world_d2, 0.5), 4),
+            world_oracle_coverage_95=round(_inside(world_d2, 0.95), 4),
         )
         results.append(ConditionResult(accuracy, reliability))
         if advance is not None:
